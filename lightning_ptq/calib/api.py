@@ -1,0 +1,71 @@
+"""Plain-Python calibration entry point: no Lightning or Hydra code needed on the user's side."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from .module import CalibrationModule
+from .observe import ForwardFn, calibrate_ranges, default_forward
+
+
+def calibrate(
+    fp_model: nn.Module,
+    qmodel: nn.Module,
+    batches: Iterable,
+    *,
+    steps: int = 200,
+    lr: float = 1e-3,
+    loss=None,
+    num_init_batches: int | None = None,
+    forward_fn: ForwardFn = default_forward,
+    checkpoint_dir: str | Path | None = None,
+    trainer_kwargs: dict | None = None,
+) -> nn.Module:
+    """Calibrate ``qmodel`` (from :func:`lightning_ptq.quantize`) against ``fp_model``.
+
+    1. ranges: every quantizer is initialised on ``batches`` (the first ``num_init_batches``);
+    2. learning (``steps > 0``): scales and zero points are fine-tuned for ``steps`` optimiser
+       steps with a distillation ``loss`` (default: output MSE), cycling over ``batches``.
+
+    ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
+    ``(images, targets)`` tuples). With ``checkpoint_dir``, the learning stage saves
+    ``last.ckpt`` there and an interrupted call resumes from it. Returns ``qmodel``.
+    """
+    if not isinstance(batches, (list, tuple)) and iter(batches) is batches:
+        batches = list(batches)  # a one-shot iterator cannot be cycled over several epochs
+    if isinstance(batches, (list, tuple)):
+        batches = _Batches(batches)  # Lightning would read a list as several dataloaders
+    resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+    if resume is None or not resume.exists():
+        calibrate_ranges(qmodel, batches, num_init_batches, forward_fn)
+    if steps <= 0:
+        return qmodel
+    module = CalibrationModule(fp_model, qmodel, loss=loss, lr=lr, max_steps=steps, forward_fn=forward_fn)
+    callbacks = []
+    if checkpoint_dir:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=max(steps // 10, 1)))
+    kwargs = dict(
+        max_steps=steps, accelerator="auto", devices=1, logger=False, enable_model_summary=False,
+        enable_checkpointing=bool(checkpoint_dir), callbacks=callbacks, num_sanity_val_steps=0,
+    )
+    kwargs.update(trainer_kwargs or {})
+    trainer = L.Trainer(**kwargs)
+    trainer.fit(module, train_dataloaders=batches, ckpt_path=str(resume) if resume and resume.exists() else None)
+    return qmodel
+
+
+class _Batches:
+    """A fixed list of batches that Lightning iterates as one dataloader."""
+
+    def __init__(self, items) -> None:
+        self.items = list(items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

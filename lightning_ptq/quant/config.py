@@ -1,0 +1,138 @@
+"""Quantization settings as a self-validating dataclass.
+
+Every bad value raises ``ValueError`` naming the field, the value and what is allowed, so a typo
+in a Hydra override fails at start-up instead of half-way through a calibration.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+MIN_BITS, MAX_BITS = 2, 8
+RANGE_INITS = ("minmax", "percentile", "mse")
+GRANULARITIES = ("per_channel", "per_tensor")
+LAYER_TYPES = ("Conv2d", "Linear")
+
+
+def check_bits(name: str, value: Any) -> int:
+    """Return ``value`` as an int bit width, or raise naming ``name`` and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(
+            f"{name}={value!r} is not a supported bit width: use an integer from {MIN_BITS} to "
+            f"{MAX_BITS} (e.g. quant.{name}=4)."
+        )
+    return value
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}.")
+
+
+@dataclass
+class LayerOverride:
+    """Bit widths for the layers whose names match ``pattern``; ``None`` keeps the global value,
+    ``float_=True`` leaves the matched layers unquantized."""
+
+    pattern: str
+    w_bits: int | None = None
+    a_bits: int | None = None
+    float_: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ValueError(f"override pattern={self.pattern!r} must be a non-empty name pattern.")
+        for name in ("w_bits", "a_bits"):
+            if getattr(self, name) is not None:
+                check_bits(f"overrides[{self.pattern!r}].{name}", getattr(self, name))
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize and how.
+
+    Weights are quantized symmetrically (signed), per output channel by default; activations
+    asymmetrically (with a zero point), per tensor, at the input of every quantized layer.
+
+    Args:
+        w_bits, a_bits: weight / activation bit widths, 2 to 8.
+        w_granularity, a_granularity: ``per_channel`` or ``per_tensor``.
+        w_init, a_init: range initialiser: ``minmax``, ``percentile`` or ``mse`` (search of the
+            clipping range that minimises the quantization error).
+        percentile: for ``percentile``: the share of values kept inside the range, in (50, 100].
+        learnable: make scales (and activation zero points) trainable parameters (LSQ).
+        fold_bn: fold BatchNorm into the preceding convolution before quantizing.
+        include, exclude: ``fnmatch`` patterns on module names (``model.head.*``); a layer is
+            quantized when it matches an include pattern, no exclude pattern, and ``types``.
+        types: layer types to quantize, any of ``Conv2d``, ``Linear``.
+        overrides: per-pattern bit widths or float fallback, applied in order (last match wins),
+            e.g. ``[{"pattern": "model.stem.conv", "w_bits": 8, "a_bits": 8}]``.
+        act_samples: how many activation values per quantizer are kept (random subsample) for
+            the percentile / MSE initialisers; min and max are always exact.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    w_granularity: str = "per_channel"
+    a_granularity: str = "per_tensor"
+    w_init: str = "mse"
+    a_init: str = "mse"
+    percentile: float = 99.99
+    learnable: bool = True
+    fold_bn: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    types: tuple[str, ...] = LAYER_TYPES
+    overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
+    act_samples: int = 1 << 18
+
+    def __post_init__(self) -> None:
+        check_bits("w_bits", self.w_bits)
+        check_bits("a_bits", self.a_bits)
+        _check_choice("w_granularity", self.w_granularity, GRANULARITIES)
+        _check_choice("a_granularity", self.a_granularity, GRANULARITIES)
+        _check_choice("w_init", self.w_init, RANGE_INITS)
+        _check_choice("a_init", self.a_init, RANGE_INITS)
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile={self.percentile!r} must lie in (50, 100], e.g. 99.99.")
+        self.include = tuple(self.include)
+        self.exclude = tuple(self.exclude)
+        self.types = tuple(self.types)
+        if not self.include:
+            raise ValueError("include=() selects no layer: give at least one pattern, e.g. ['*'].")
+        for t in self.types:
+            _check_choice("types entry", t, LAYER_TYPES)
+        self.overrides = tuple(
+            o if isinstance(o, LayerOverride) else LayerOverride(**dict(o)) for o in self.overrides
+        )
+        if int(self.act_samples) < 1024:
+            raise ValueError(f"act_samples={self.act_samples!r} is too small: use at least 1024.")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "QuantConfig":
+        """Build from a plain dict (e.g. a Hydra node); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown quantization setting(s) {unknown}: allowed are {sorted(known)}."
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def layer_bits(self, name: str) -> tuple[int, int] | None:
+        """``(w_bits, a_bits)`` for the layer ``name``, or ``None`` if an override keeps it float."""
+        from fnmatch import fnmatchcase
+
+        w_bits, a_bits, keep_float = self.w_bits, self.a_bits, False
+        for o in self.overrides:
+            if fnmatchcase(name, o.pattern):
+                keep_float = o.float_
+                w_bits = o.w_bits if o.w_bits is not None else w_bits
+                a_bits = o.a_bits if o.a_bits is not None else a_bits
+        return None if keep_float else (w_bits, a_bits)
+
+    def with_bits(self, w_bits: int, a_bits: int) -> "QuantConfig":
+        return replace(self, w_bits=w_bits, a_bits=a_bits)
