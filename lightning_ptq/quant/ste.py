@@ -55,5 +55,9 @@ def fake_quantize(
         factor = 1.0 / math.sqrt(per_element * max(q_max, 1))
         scale, zero_point = grad_scale(scale, factor), grad_scale(zero_point, factor)
     zero_point = round_ste(zero_point).clamp(q_min, q_max)
-    q = torch.clamp(round_ste(x / scale) + zero_point, q_min, q_max)
+    code = round_ste(x / scale) + zero_point
+    # Gradients pass where the rounded code is on the grid (boundaries included); clipped values
+    # become constants, so only the scale and zero point learn from them.
+    inside = (code >= q_min) & (code <= q_max)
+    q = torch.where(inside, code, code.detach().clamp(q_min, q_max))
     return (q - zero_point) * scale
