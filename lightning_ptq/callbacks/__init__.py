@@ -1,0 +1,4 @@
+"""Lightning callbacks that quantize a user's LightningModule."""
+from .quantization import QuantizationCallback
+
+__all__ = ["QuantizationCallback"]
