@@ -1,0 +1,124 @@
+"""The main job: FP detector -> quantize -> calibrate -> evaluate FP vs quantized -> report.
+
+``run(cfg)`` does the work and returns the results dict; ``__main__`` is the thin Hydra wrapper.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from .calib import OutputMSE, calibrate
+from .export import export_packed, float_size_bytes, packed_size_bytes
+from .io import atomic_torch_save, atomic_write_json
+from .models import detect, evaluate_detections, pretrained_detector
+from .quant import QuantConfig, quantize
+from .report import plot_detections, results_table, table_rows
+
+log = logging.getLogger(__name__)
+
+LOSSES = {"output_mse": OutputMSE}
+
+
+def check_calib_config(calib: DictConfig) -> None:
+    """Fail at start-up, with the fix, on calibration settings that cannot work."""
+    if calib.loss not in LOSSES:
+        raise ValueError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+    for key in ("num_images", "init_batches", "batch_size"):
+        if not isinstance(calib[key], int) or calib[key] < 1:
+            raise ValueError(f"calib.{key}={calib[key]!r} must be a positive integer.")
+    if not isinstance(calib.steps, int) or calib.steps < 0:
+        raise ValueError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
+    if calib.lr <= 0:
+        raise ValueError(f"calib.lr={calib.lr!r} must be > 0.")
+
+
+def calibration_batches(datamodule, num_images: int) -> list:
+    """The first ``num_images`` images of the calib split, as a fixed list of batches."""
+    batches, seen = [], 0
+    for images, targets in datamodule.calib_dataloader():
+        take = min(len(images), num_images - seen)
+        batches.append((images[:take], targets[:take]))
+        seen += take
+        if seen >= num_images:
+            break
+    return batches
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run the main job described by ``cfg``; write results to ``run_dir``; return the results."""
+    run_dir = Path(run_dir)
+    qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))  # validate first
+    check_calib_config(cfg.calib)
+    L.seed_everything(cfg.seed, verbose=False)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    logger = instantiate(cfg.logger) if cfg.logger else None
+
+    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    fp_model = pretrained_detector(
+        datamodule, cfg.model, cache_dir=Path(cfg.cache_dir) / "models",
+        trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True),
+    ).eval()
+    eval_kwargs = dict(conf_thr=cfg.eval.conf_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
+    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs)
+
+    batches = calibration_batches(datamodule, cfg.calib.num_images)
+    qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
+    start = time.perf_counter()
+    calibrate(
+        fp_model, qmodel, batches, steps=cfg.calib.steps, lr=cfg.calib.lr, loss=LOSSES[cfg.calib.loss](),
+        num_init_batches=cfg.calib.init_batches,
+        checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None,
+        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=cfg.trainer.enable_progress_bar,
+                            accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices),
+    )
+    calib_seconds = time.perf_counter() - start
+    quant = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs)
+
+    fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
+    results = {
+        **{f"fp.{k}": float(v) for k, v in fp.items()},
+        **{f"quant.{k}": float(v) for k, v in quant.items()},
+        "fp.size_kib": fp_bytes / 1024, "quant.size_kib": q_bytes / 1024, "size_ratio": fp_bytes / q_bytes,
+        "retention": float(quant["map"] / fp["map"]) if fp["map"] > 0 else 0.0,
+        "calib_seconds": calib_seconds, "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits,
+        "calib_images": sum(len(b[0]) for b in batches),
+    }
+    atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")
+    atomic_torch_save(export_packed(qmodel), run_dir / "packed.pt")
+    atomic_write_json(results, run_dir / "results.json")
+    Console().print(results_table(results))
+
+    vis = _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")
+    if logger is not None:
+        _log_to_wandb(logger, results, vis, cfg)
+    return results
+
+
+def _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir: Path, title: str) -> Path:
+    n = cfg.eval.num_vis_images
+    images = torch.cat([b[0] for b in itertools.islice(datamodule.test_dataloader(), n)])[:n]
+    kwargs = dict(conf_thr=cfg.eval.vis_score_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
+    return plot_detections(
+        images, detect(fp_model, images, **kwargs), detect(qmodel, images, **kwargs),
+        datamodule.class_names, run_dir / "detections.png", score_thr=cfg.eval.vis_score_thr, title=title,
+    )
+
+
+def _log_to_wandb(logger, results: dict, vis: Path, cfg: DictConfig) -> None:
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    columns, rows = table_rows(results)
+    logger.log_table(key="fp_vs_quant", columns=columns, data=rows)
+    logger.log_image(key="detections", images=[str(vis)])
+    logger.experiment.finish()

@@ -1,0 +1,38 @@
+"""Atomic writes: a result or checkpoint on disk is always either the old or the new one, never
+half-written (write to a temporary file in the same folder, then ``os.replace``)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_json(obj, path: str | Path) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    return _atomic(path, write)
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
