@@ -1,0 +1,122 @@
+"""Every config group and recipe composes and instantiates; bad values fail with clear messages."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lightning_ptq.app import check_calib_config
+from lightning_ptq.hydra_setup import config_dir, recipe_names, register_recipes
+from lightning_ptq.quant import QuantConfig
+
+register_recipes()
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_recipes_exist():
+    assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8"} <= set(recipe_names())
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_every_recipe_composes_and_validates(recipe, tmp_path):
+    cfg = _compose([f"+recipe={recipe}", f"cache_dir={tmp_path}", "logger=none"])
+    qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
+    w, a = recipe.rsplit("_", 1)[1][1:].split("a")
+    assert (qcfg.w_bits, qcfg.a_bits) == (int(w), int(a))
+    check_calib_config(cfg.calib)
+    datamodule = instantiate(cfg.data)
+    assert Path(datamodule.root) == tmp_path / "data" / "shapes"
+
+
+def test_logger_config_instantiates_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _compose(["+recipe=yolo_w4a4"])
+    node = OmegaConf.to_container(cfg.logger)
+    node["save_dir"] = str(tmp_path)  # ${hydra:...} only resolves inside a Hydra run
+    logger = instantiate(node)
+    assert type(logger).__name__ == "WandbLogger"
+    assert cfg.logger.mode == "offline"
+
+
+def test_unknown_recipe_lists_the_available_ones():
+    with pytest.raises(MissingConfigException, match=r"Could not find 'recipe/yolo_w3a3'[\s\S]*yolo_w4a4"):
+        _compose(["+recipe=yolo_w3a3"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("quant.w_bits=16", r"w_bits=16 is not a supported bit width: use an integer from 2 to 8"),
+        ("quant.a_bits=1", r"a_bits=1 is not a supported bit width"),
+        ("quant.w_init=maxmin", r"w_init='maxmin' is not allowed"),
+    ],
+)
+def test_bad_quant_values(override, message):
+    cfg = _compose(["+recipe=yolo_w4a4", override])
+    with pytest.raises(ValueError, match=message):
+        QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("calib.loss=kl", r"calib.loss='kl' is unknown: choose one of output_mse"),
+        ("calib.num_images=0", r"calib.num_images=0 must be a positive integer"),
+        ("calib.steps=-1", r"calib.steps=-1 must be an integer >= 0"),
+        ("calib.lr=0", r"calib.lr=0 must be > 0"),
+    ],
+)
+def test_bad_calib_values(override, message):
+    with pytest.raises(ValueError, match=message):
+        check_calib_config(_compose([override]).calib)
+
+
+def test_cli_reports_bad_bit_width_before_any_work(tmp_path):
+    """The real entry point: a bad bit width stops at once with the message, nothing trained."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w4a4", "quant.w_bits=9", "logger=none",
+         f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "w_bits=9 is not a supported bit width" in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_configs_found_after_plain_non_editable_install(tmp_path):
+    """Build a wheel, install it (no deps) into a folder and compose a recipe from elsewhere."""
+    repo = Path(__file__).resolve().parents[2]
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(repo)],
+        check=True, capture_output=True, timeout=300,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), *map(str, wheel_dir.glob("*.whl"))],
+        check=True, capture_output=True, timeout=300,
+    )
+    code = (
+        "import lightning_ptq, sys; from lightning_ptq.hydra_setup import config_dir, recipe_names;"
+        "assert lightning_ptq.__file__.startswith(sys.argv[1]), lightning_ptq.__file__;"
+        "print(config_dir()); print(recipe_names())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); exec({code!r})", str(target)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(target) in proc.stdout and "yolo_w4a4" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w8a8", "--cfg", "job", "logger=none"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "w_bits: 8" in proc.stdout
