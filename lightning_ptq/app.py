@@ -52,6 +52,37 @@ def calibration_batches(datamodule, num_images: int) -> list:
     return batches
 
 
+def load_data_and_model(cfg: DictConfig):
+    """The data module (default data generated on first use) and the FP detector (pretrained and
+    cached on first use, or the user's checkpoint), in eval mode."""
+    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    fp_model = pretrained_detector(
+        datamodule, cfg.model, cache_dir=Path(cfg.cache_dir) / "models",
+        trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True),
+    )
+    return datamodule, fp_model.eval()
+
+
+def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
+                           logger=None, checkpoint_dir: Path | None = None):
+    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds)."""
+    qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
+    start = time.perf_counter()
+    calibrate(
+        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=LOSSES[calib.loss](),
+        num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
+        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
+                            accelerator=trainer.accelerator, devices=trainer.devices),
+    )
+    return qmodel, time.perf_counter() - start
+
+
+def eval_kwargs(cfg: DictConfig) -> dict:
+    return dict(conf_thr=cfg.eval.conf_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the main job described by ``cfg``; write results to ``run_dir``; return the results."""
     run_dir = Path(run_dir)
@@ -62,28 +93,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         torch.set_num_threads(cfg.num_threads)
     logger = instantiate(cfg.logger) if cfg.logger else None
 
-    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    fp_model = pretrained_detector(
-        datamodule, cfg.model, cache_dir=Path(cfg.cache_dir) / "models",
-        trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True),
-    ).eval()
-    eval_kwargs = dict(conf_thr=cfg.eval.conf_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
-    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs)
-
+    datamodule, fp_model = load_data_and_model(cfg)
+    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs(cfg))
     batches = calibration_batches(datamodule, cfg.calib.num_images)
-    qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
-    start = time.perf_counter()
-    calibrate(
-        fp_model, qmodel, batches, steps=cfg.calib.steps, lr=cfg.calib.lr, loss=LOSSES[cfg.calib.loss](),
-        num_init_batches=cfg.calib.init_batches,
+    qmodel, calib_seconds = quantize_and_calibrate(
+        fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
         checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None,
-        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=cfg.trainer.enable_progress_bar,
-                            accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices),
     )
-    calib_seconds = time.perf_counter() - start
-    quant = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs)
+    quant = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs(cfg))
 
     fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
     results = {
@@ -108,7 +125,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 def _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir: Path, title: str) -> Path:
     n = cfg.eval.num_vis_images
     images = torch.cat([b[0] for b in itertools.islice(datamodule.test_dataloader(), n)])[:n]
-    kwargs = dict(conf_thr=cfg.eval.vis_score_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
+    kwargs = {**eval_kwargs(cfg), "conf_thr": cfg.eval.vis_score_thr}
     return plot_detections(
         images, detect(fp_model, images, **kwargs), detect(qmodel, images, **kwargs),
         datamodule.class_names, run_dir / "detections.png", score_thr=cfg.eval.vis_score_thr, title=title,
