@@ -72,8 +72,11 @@ class CalibrationModule(L.LightningModule):
         return loss
 
     def _non_finite_message(self, loss: torch.Tensor) -> str:
-        bad = [n for n, q in quantizers(self.student).items() if not torch.isfinite(q.scale).all()]
-        where = f"non-finite scales in {bad[:5]}" if bad else "all quantizer scales are finite"
+        bad = [
+            n for n, q in quantizers(self.student).items()
+            if not all(torch.isfinite(p).all() for p in q.learnable_parameters())
+        ]
+        where = f"non-finite quantizer parameters in {bad[:5]}" if bad else "all quantizer parameters are finite"
         return (
             f"calibration loss is {loss.item()} at step {self.global_step} ({where}). The last "
             f"good quantizer state is in the last checkpoint; lower calib.lr or check the inputs."

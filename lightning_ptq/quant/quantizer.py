@@ -1,13 +1,16 @@
-"""The fake-quant module: observer + scale / zero point + straight-through op.
+"""Fake-quant modules: observer + quantization parameters + straight-through op.
 
 Life cycle (as in ``torch.ao`` fake quantizers, the switches are buffers so they are saved in
 checkpoints and replicated under DDP):
 
 1. ``enable_observation()``: pass values through unchanged and record them;
-2. ``finalize()``: compute scale / zero point from what was recorded (or ``init_from(tensor)``
-   for weights), then fake-quantize in every forward;
-3. ``enable_param_learning()``: scale / zero point receive gradients (LSQ);
+2. ``finalize()``: set the quantization parameters from what was recorded (or
+   ``init_from(tensor)`` for weights), then fake-quantize in every forward;
+3. ``enable_param_learning()``: the parameters receive gradients;
 4. ``disable()``: identity, e.g. to measure one layer's sensitivity.
+
+:class:`QuantizerBase` holds that life cycle; subclasses say how parameters are initialised
+(``_init_params``) and how values are quantized (``quantize``).
 """
 from __future__ import annotations
 
@@ -18,44 +21,39 @@ from .ranges import init_range
 from .ste import fake_quantize, qrange
 
 
-class FakeQuantizer(nn.Module):
-    """Uniform affine fake quantizer, per tensor or per channel.
+class QuantizerBase(nn.Module):
+    """Modes, observation and forward shared by every fake quantizer.
 
     Args:
         bits: code width, 2 to 8.
-        symmetric: signed code with zero point 0 (weights); otherwise unsigned with a learnable
-            zero point (activations).
-        channel_axis: axis along which ``scale`` varies, ``None`` for per tensor.
-        num_channels: size of that axis (so that the parameter shapes are known before any data,
-            which lets checkpoints load into a freshly swapped model).
-        init: range initialiser, ``minmax`` | ``percentile`` | ``mse``.
-        max_samples: how many observed values are kept for the percentile / MSE initialisers.
+        channel_axis: axis along which parameters vary, ``None`` for per tensor.
+        num_channels: size of that axis (parameter shapes are known before any data, so a
+            checkpoint loads into a freshly swapped model).
+        max_samples: how many observed values are kept for the initialisers (min and max of each
+            batch are always kept).
     """
 
-    def __init__(
-        self,
-        bits: int,
-        symmetric: bool,
-        channel_axis: int | None = None,
-        num_channels: int = 1,
-        init: str = "mse",
-        percentile: float = 99.99,
-        learnable: bool = True,
-        max_samples: int = 1 << 18,
-    ) -> None:
+    def __init__(self, bits: int, channel_axis: int | None = None, num_channels: int = 1,
+                 max_samples: int = 1 << 18) -> None:
         super().__init__()
-        self.bits, self.symmetric = bits, symmetric
-        self.channel_axis = channel_axis
-        self.init, self.percentile, self.max_samples = init, percentile, max_samples
-        self.q_min, self.q_max = qrange(bits, signed=symmetric)
-        self.scale = nn.Parameter(torch.ones(num_channels), requires_grad=learnable)
-        self.zero_point = nn.Parameter(
-            torch.zeros(num_channels), requires_grad=learnable and not symmetric
-        )
+        self.bits, self.channel_axis, self.num_channels = bits, channel_axis, num_channels
+        self.max_samples = max_samples
         self.register_buffer("fake_quant_enabled", torch.tensor(1, dtype=torch.uint8))
         self.register_buffer("observer_enabled", torch.tensor(0, dtype=torch.uint8))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
         self._samples: list[torch.Tensor] = []
+
+    # -- to implement --------------------------------------------------------------------------
+    def _init_params(self, rows: torch.Tensor) -> None:
+        """Set the parameters from observed values ``rows`` of shape ``[C, N]``."""
+        raise NotImplementedError
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` (differentiable, straight-through rounding)."""
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
 
     # -- modes ---------------------------------------------------------------------------------
     def enable_observation(self) -> None:
@@ -64,29 +62,29 @@ class FakeQuantizer(nn.Module):
         self.fake_quant_enabled.fill_(0)
 
     def finalize(self) -> None:
-        """Set scale / zero point from the values recorded since ``enable_observation``."""
+        """Set the parameters from the values recorded since ``enable_observation``."""
         if not self._samples:
             raise RuntimeError(
                 "finalize() was called but this quantizer observed no values: run the calibration "
                 "batches through the model between enable_observation() and finalize()."
             )
-        self.init_from(torch.cat(self._samples, dim=1), rows_ready=True)
+        self._init_params(torch.cat(self._samples, dim=1))
         self._samples = []
         self.observer_enabled.fill_(0)
+        self._mark_initialized()
 
-    def init_from(self, x: torch.Tensor, rows_ready: bool = False) -> None:
-        """Set scale / zero point from ``x`` with this quantizer's initialiser, then enable it."""
-        rows = x if rows_ready else self._rows(x.detach())
-        scale, zero_point = init_range(rows, self.init, self.bits, self.symmetric, self.percentile)
-        with torch.no_grad():
-            self.scale.copy_(scale.to(self.scale).expand_as(self.scale))
-            self.zero_point.copy_(zero_point.to(self.zero_point).expand_as(self.zero_point))
+    def init_from(self, x: torch.Tensor) -> None:
+        """Set the parameters from the tensor ``x`` (e.g. a weight), then enable quantization."""
+        self._init_params(self._rows(x.detach()).float())
+        self._mark_initialized()
+
+    def _mark_initialized(self) -> None:
         self.initialized.fill_(1)
         self.fake_quant_enabled.fill_(1)
 
     def enable_param_learning(self, enabled: bool = True) -> None:
-        self.scale.requires_grad_(enabled)
-        self.zero_point.requires_grad_(enabled and not self.symmetric)
+        for p in self.learnable_parameters():
+            p.requires_grad_(enabled)
 
     def disable(self) -> None:
         self.fake_quant_enabled.fill_(0)
@@ -111,26 +109,74 @@ class FakeQuantizer(nn.Module):
         rows = self._rows(x.detach()).float()
         kept = sum(s.shape[1] for s in self._samples)
         budget = max(self.max_samples - kept, 0)
-        # Exact extremes always; a random subsample of the rest for percentile / MSE.
+        # Exact extremes always; a random subsample of the rest for percentile / MSE searches.
         extremes = torch.stack([rows.amin(dim=1), rows.amax(dim=1)], dim=1)
         if budget and rows.shape[1] > budget:
             rows = rows[:, torch.randperm(rows.shape[1], device=rows.device)[:budget]]
         self._samples.append(torch.cat([extremes, rows[:, :budget]], dim=1).cpu())
+
+    def _param_shape(self, x: torch.Tensor) -> list[int]:
+        """Shape that broadcasts a ``[C]`` parameter along ``channel_axis`` of ``x``."""
+        shape = [1] * x.dim()
+        if self.channel_axis is not None:
+            shape[self.channel_axis] = -1
+        return shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer_enabled:
             self._observe(x)
         if not (self.fake_quant_enabled and self.initialized):
             return x
+        return self.quantize(x)
+
+    def _state_repr(self) -> str:
+        gran = "per_tensor" if self.channel_axis is None else f"per_channel(axis={self.channel_axis})"
+        state = "on" if self.is_active else ("observing" if self.observer_enabled else "off")
+        return f"bits={self.bits}, {gran}, {state}"
+
+
+class FakeQuantizer(QuantizerBase):
+    """Uniform affine fake quantizer with LSQ-learnable scale (and zero point).
+
+    Args:
+        symmetric: signed code with zero point 0 (weights); otherwise an unsigned code with a
+            learnable zero point (activations).
+        init: range initialiser, ``minmax`` | ``percentile`` | ``mse``.
+        learnable: scale / zero point are trainable parameters.
+        (other arguments: see :class:`QuantizerBase`)
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        channel_axis: int | None = None,
+        num_channels: int = 1,
+        init: str = "mse",
+        percentile: float = 99.99,
+        learnable: bool = True,
+        max_samples: int = 1 << 18,
+    ) -> None:
+        super().__init__(bits, channel_axis, num_channels, max_samples)
+        self.symmetric, self.init, self.percentile = symmetric, init, percentile
+        self.q_min, self.q_max = qrange(bits, signed=symmetric)
+        self.scale = nn.Parameter(torch.ones(num_channels), requires_grad=learnable)
+        self.zero_point = nn.Parameter(torch.zeros(num_channels), requires_grad=learnable and not symmetric)
+
+    def _init_params(self, rows: torch.Tensor) -> None:
+        scale, zero_point = init_range(rows, self.init, self.bits, self.symmetric, self.percentile)
+        with torch.no_grad():
+            self.scale.copy_(scale.to(self.scale).expand_as(self.scale))
+            self.zero_point.copy_(zero_point.to(self.zero_point).expand_as(self.zero_point))
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        return [self.scale] if self.symmetric else [self.scale, self.zero_point]
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(
             x, self.scale, self.zero_point, self.q_min, self.q_max, self.channel_axis,
             lsq_grad=self.scale.requires_grad,
         )
 
     def extra_repr(self) -> str:
-        gran = "per_tensor" if self.channel_axis is None else f"per_channel(axis={self.channel_axis})"
-        state = "on" if self.is_active else ("observing" if self.observer_enabled else "off")
-        return (
-            f"bits={self.bits}, {'symmetric' if self.symmetric else 'asymmetric'}, {gran}, "
-            f"init={self.init}, {state}"
-        )
+        return f"{'symmetric' if self.symmetric else 'asymmetric'}, init={self.init}, {self._state_repr()}"

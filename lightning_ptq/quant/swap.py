@@ -14,7 +14,7 @@ from torch import nn
 from .config import QuantConfig
 from .fold import fold_batchnorm
 from .layers import QUANT_LAYERS, QuantLayerMixin
-from .quantizer import FakeQuantizer
+from .quantizer import QuantizerBase
 
 
 class LayerPatternError(ValueError):
@@ -85,10 +85,10 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantLayerMixin]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
 
 
-def quantizers(model: nn.Module) -> dict[str, FakeQuantizer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantizer)}
+def quantizers(model: nn.Module) -> dict[str, QuantizerBase]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizerBase)}
 
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learnable quantization parameters (scales, zero points) of ``model``."""
-    return [p for q in quantizers(model).values() for p in (q.scale, q.zero_point) if p.requires_grad]
+    """The learnable quantization parameters (scales, zero points, ...) of ``model``."""
+    return [p for q in quantizers(model).values() for p in q.learnable_parameters() if p.requires_grad]
