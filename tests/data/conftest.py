@@ -1,19 +1,8 @@
-"""Shared fixtures: one small generated dataset per session and a tiny hand-written COCO folder."""
+"""Data fixtures: a tiny hand-written COCO folder (the small generated dataset is in tests/conftest.py)."""
 import json
 
 import pytest
 from PIL import Image
-
-from lightning_ptq.data import generate_detection_dataset
-
-SMALL_SPLITS = {"train": 8, "calib": 8, "val": 8, "test": 8}
-
-
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory):
-    """Generated dataset with 8 images per split (default knobs, seed 0)."""
-    return generate_detection_dataset(tmp_path_factory.mktemp("synthetic") / "data", splits=SMALL_SPLITS)
-
 
 def write_coco(root, split, images, annotations, categories):
     """Write ``root/annotations/instances_<split>.json``; ``images`` is [(id, file_name, w, h)] and

@@ -1,0 +1,124 @@
+"""Saving and loading detector checkpoints safely (``weights_only=True``), with clear errors.
+
+Our own file is a plain dict: ``{"format", "model_kwargs", "num_classes", "image_size",
+"class_names", "state_dict", "metrics"}``. A user may also give a Lightning checkpoint of a
+module holding the detector as ``model`` or a bare state_dict.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import atomic_torch_save
+from .yolo import YOLO
+
+FORMAT = "lightning_ptq.yolo/1"
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """The checkpoint file does not exist."""
+
+
+class CorruptCheckpointError(ValueError):
+    """The file is not a readable, tensors-only PyTorch checkpoint."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's weights do not fit the configured model."""
+
+
+def save_detector(model: YOLO, path: str | os.PathLike, model_kwargs: dict, class_names: list[str],
+                  metrics: dict | None = None) -> Path:
+    """Write ``model`` with what is needed to rebuild it; atomic (a crash leaves no half file)."""
+    payload = {
+        "format": FORMAT, "model_kwargs": dict(model_kwargs), "num_classes": model.num_classes,
+        "image_size": model.image_size, "class_names": list(class_names),
+        "state_dict": model.state_dict(), "metrics": dict(metrics or {}),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"Checkpoint {path} does not exist. Give an existing file with model.checkpoint=/path/to/"
+            f"file.pt, or model.checkpoint=null to pretrain (and cache) the default detector."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CorruptCheckpointError(
+            f"Checkpoint {path} holds objects other than tensors and plain containers, which are not "
+            f"unpickled because they could run code ({str(err).splitlines()[0]}). Save the weights "
+            f"only: torch.save(model.state_dict(), path)."
+        ) from err
+    except Exception as err:  # the unpickler fails on garbage with many kinds (KeyError, EOFError, ...)
+        raise CorruptCheckpointError(
+            f"Checkpoint {path} cannot be read as a PyTorch file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it may be truncated or not a "
+            f"torch.save file. Re-save it, or set model.checkpoint=null to pretrain the default detector."
+        ) from err
+    if not isinstance(payload, dict):
+        raise CorruptCheckpointError(
+            f"Checkpoint {path} holds a {type(payload).__name__}, not a dict of weights. Save "
+            f"model.state_dict() (or a Lightning checkpoint) instead."
+        )
+    return payload
+
+
+def _state_dict_of(payload: dict, path: Path) -> dict[str, torch.Tensor]:
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptCheckpointError(f"Checkpoint {path} has no state_dict of tensors.")
+    if any(k.startswith("model.") for k in state):  # Lightning checkpoint of a module with .model
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def load_detector(path: str | os.PathLike, num_classes: int, image_size: int, model_kwargs: dict) -> YOLO:
+    """Build a :class:`YOLO` and load the checkpoint at ``path`` into it.
+
+    Architecture settings stored in our own checkpoints win over ``model_kwargs``; a number of
+    classes or image size that disagrees with the data is an error, as are missing, unexpected
+    or wrongly shaped weights.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    if payload.get("format") == FORMAT:
+        model_kwargs = payload["model_kwargs"]
+        for name, ours, data in (("num_classes", payload["num_classes"], num_classes),
+                                 ("image_size", payload["image_size"], image_size)):
+            if ours != data:
+                raise CheckpointMismatchError(
+                    f"Checkpoint {path} was trained with {name}={ours} but the data has {name}={data}. "
+                    f"Use a checkpoint trained on this data, or set model.checkpoint=null to pretrain one."
+                )
+    model = YOLO(num_classes, image_size=image_size, **model_kwargs)
+    _load_strict(model, _state_dict_of(payload, path), path, model_kwargs)
+    return model
+
+
+def _load_strict(model: nn.Module, state: dict, path: Path, model_kwargs: dict) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if items
+        )
+        raise CheckpointMismatchError(
+            f"Checkpoint {path} does not fit the configured detector (num_classes={model.num_classes}, "
+            f"model.kwargs={model_kwargs}): {detail}. Set model.kwargs and the data to what the "
+            f"checkpoint was trained with, or use model.checkpoint=null to pretrain one."
+        )
+    model.load_state_dict(state)

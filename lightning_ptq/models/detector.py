@@ -1,0 +1,109 @@
+"""Training, inference and mAP evaluation of a detector, on any model with YOLO-style outputs.
+
+``detect`` and ``evaluate_detections`` only need the model to return ``{"cls", "box"}`` logits
+and to carry ``anchors``, ``anchor_strides`` and ``reg_max`` (the float :class:`YOLO` and its
+quantized copy both do), so FP and quantized models go through the very same post-processing.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from tqdm.auto import tqdm
+
+from .yolo import YOLO, postprocess
+from .yolo_loss import YOLOLoss
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: torch.Tensor, conf_thr: float = 0.001, iou_thr: float = 0.6,
+           max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Detections of ``model`` on ``images`` [B, 3, H, W]: per image boxes (xyxy px), scores, labels."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = model(images.to(device))
+    model.train(was_training)
+    return postprocess(outputs, model.anchors, model.anchor_strides, model.reg_max, conf_thr, iou_thr, max_det)
+
+
+def evaluate_detections(model: nn.Module, loader, conf_thr: float = 0.001, iou_thr: float = 0.6,
+                        max_det: int = 100, progress: bool = True) -> dict[str, float]:
+    """COCO mAP of ``model`` on ``loader`` (batches of images and target dicts), computed by
+    torchmetrics (pycocotools backend): ``{"map", "map50", "map75", "map_small", ...}``."""
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    for images, targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        preds = detect(model, images, conf_thr, iou_thr, max_det)
+        metric.update([{k: v.cpu() for k, v in p.items()} for p in preds],
+                      [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+    result = metric.compute()
+    names = {"map": "map", "map_50": "map50", "map_75": "map75", "map_small": "map_small",
+             "map_medium": "map_medium", "map_large": "map_large", "mar_100": "mar100"}
+    return {ours: float(result[theirs]) for theirs, ours in names.items()}
+
+
+class DetectorModule(L.LightningModule):
+    """Lightning wrapper that trains a :class:`YOLO` from scratch (AdamW, warm-up + cosine,
+    random flips) and reports validation mAP after each epoch."""
+
+    def __init__(self, num_classes: int, image_size: int = 128, model_kwargs: dict | None = None,
+                 lr: float = 2e-3, weight_decay: float = 5e-4, warmup_fraction: float = 0.05,
+                 flip: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = YOLO(num_classes, image_size=image_size, **(model_kwargs or {}))
+        self.loss = YOLOLoss(self.model.reg_max)
+        self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.hparams.flip:
+            images, targets = random_flips(images, targets)
+        loss, parts = self.loss(self.model(images), targets, self.model.anchors, self.model.anchor_strides)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        preds = detect(self.model, images)
+        self.val_map.update(preds, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_map.compute()
+        self.log_dict({"val/map": result["map"], "val/map50": result["map_50"]}, prog_bar=True)
+        self.val_map.reset()
+
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # BN and biases
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr)
+        total = self.trainer.estimated_stepping_batches
+        warmup = max(1, int(self.hparams.warmup_fraction * total))
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total - warmup), eta_min=self.hparams.lr * 0.02),
+        ], milestones=[warmup])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def random_flips(images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+    """Flip each image horizontally and/or vertically with probability 1/2, boxes with it."""
+    size_w, size_h = images.shape[-1], images.shape[-2]
+    images, out = images.clone(), []
+    for i, target in enumerate(targets):
+        boxes = target["boxes"].clone()
+        if torch.rand(()) < 0.5:
+            images[i] = images[i].flip(-1)
+            boxes[:, [0, 2]] = size_w - boxes[:, [2, 0]]
+        if torch.rand(()) < 0.5:
+            images[i] = images[i].flip(-2)
+            boxes[:, [1, 3]] = size_h - boxes[:, [3, 1]]
+        out.append({**target, "boxes": boxes})
+    return images, out

@@ -1,0 +1,93 @@
+"""The FP detector the main job starts from: the user's checkpoint, or the embedded default
+pretrained by a Lightning run on the data's train split and cached for the next runs.
+
+The cache key hashes everything that changes the result (architecture, training settings, number
+of classes, image size and the train annotation file), so changing any of them retrains and
+nothing stale is reused. An interrupted pretraining resumes from its last epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from ..data import detection_collate
+from .checkpoint import load_detector, save_detector
+from .detector import DetectorModule
+from .yolo import YOLO
+
+log = logging.getLogger(__name__)
+
+MODELS = ("yolo",)
+TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 5e-4, "val_every": 4, "seed": 0}
+
+
+def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
+                        trainer_kwargs: Mapping | None = None) -> YOLO:
+    """The FP detector for ``datamodule``'s classes and image size, in eval mode.
+
+    ``model_cfg``: ``name`` (``yolo``), ``checkpoint`` (a file, or None for the default),
+    ``kwargs`` (architecture, see :class:`YOLO`), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
+    ``trainer_kwargs``: Lightning Trainer settings (accelerator, devices, precision, progress bar).
+    """
+    if model_cfg["name"] not in MODELS:
+        raise ValueError(f"model.name={model_cfg['name']!r} is unknown: choose one of {', '.join(MODELS)}.")
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    num_classes, image_size = datamodule.num_classes, datamodule.image_size
+    if model_cfg.get("checkpoint"):
+        return load_detector(model_cfg["checkpoint"], num_classes, image_size, kwargs).eval()
+
+    train = {**TRAIN_DEFAULTS, **dict(model_cfg.get("train") or {})}
+    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
+    key = cache_key(kwargs, train, num_classes, image_size, datamodule)
+    path = Path(cache_dir) / f"{model_cfg['name']}-{key}.pt"
+    if path.is_file():
+        log.info("Using the cached pretrained detector %s", path)
+        return load_detector(path, num_classes, image_size, kwargs).eval()
+
+    log.info("No cached detector at %s: pretraining one (%d epochs).", path, train["epochs"])
+    module = _pretrain(datamodule, kwargs, train, path.with_suffix(".training"), dict(trainer_kwargs or {}))
+    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith("val/")}
+    save_detector(module.model, path, kwargs, datamodule.class_names, metrics)
+    shutil.rmtree(path.with_suffix(".training"), ignore_errors=True)
+    return module.model.eval()
+
+
+def cache_key(kwargs: dict, train: dict, num_classes: int, image_size: int, datamodule) -> str:
+    """Short hash of everything that determines the pretrained weights (how often validation
+    runs does not)."""
+    train = {k: v for k, v in train.items() if k != "val_every"}
+    digest = hashlib.sha256(json.dumps(
+        {"kwargs": kwargs, "train": train, "num_classes": num_classes, "image_size": image_size},
+        sort_keys=True).encode())
+    digest.update(Path(datamodule.dataset("train").ann_file).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _pretrain(datamodule, kwargs: dict, train: dict, work_dir: Path, trainer_kwargs: dict) -> DetectorModule:
+    L.seed_everything(train["seed"], verbose=False)
+    module = DetectorModule(datamodule.num_classes, datamodule.image_size, kwargs,
+                            lr=train["lr"], weight_decay=train["weight_decay"])
+    loader = DataLoader(datamodule.dataset("train"), batch_size=train["batch_size"], shuffle=True,
+                        num_workers=datamodule.num_workers, collate_fn=detection_collate, drop_last=True,
+                        persistent_workers=datamodule.num_workers > 0)
+    has_val = "val" in datamodule.splits
+    trainer = L.Trainer(
+        max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
+        callbacks=[ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0)],
+        check_val_every_n_epoch=train["val_every"], limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0, **trainer_kwargs,
+    )
+    last = work_dir / "last.ckpt"
+    trainer.fit(module, loader, datamodule.val_dataloader() if has_val else None,
+                ckpt_path=last if last.is_file() else None)
+    return module

@@ -1,0 +1,66 @@
+"""Pretraining is a Lightning run whose result is cached and reused; a user checkpoint wins."""
+import pytest
+import torch
+
+from lightning_ptq.data import CocoDataModule
+from lightning_ptq.models import CheckpointNotFoundError, save_detector
+from lightning_ptq.models import pretrain as pretrain_mod
+from lightning_ptq.models import pretrained_detector
+
+TINY = {"name": "yolo", "checkpoint": None, "kwargs": {"width_mult": 0.125, "depth_mult": 0.33, "reg_max": 8},
+        "train": {"epochs": 1, "batch_size": 4, "val_every": 1}}
+TRAINER = {"enable_progress_bar": False, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def datamodule(small_dataset):
+    dm = CocoDataModule(small_dataset, batch_size=4)
+    dm.setup()
+    return dm
+
+
+def test_first_call_trains_and_caches_second_call_reuses(datamodule, tmp_path, monkeypatch):
+    model = pretrained_detector(datamodule, TINY, tmp_path, TRAINER)
+    files = list(tmp_path.glob("yolo-*.pt"))
+    assert len(files) == 1 and not model.training
+    assert not list(tmp_path.glob("*.training"))  # the resumable work folder is removed once saved
+    payload = torch.load(files[0], weights_only=True)
+    assert payload["class_names"] == datamodule.class_names and "val/map" in payload["metrics"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("pretrained again although a cached checkpoint exists")
+
+    monkeypatch.setattr(pretrain_mod, "_pretrain", no_training)
+    again = pretrained_detector(datamodule, TINY, tmp_path, TRAINER)
+    x = torch.rand(1, 3, 128, 128)
+    torch.testing.assert_close(again(x), model(x))
+
+
+def test_cache_key_changes_with_what_changes_the_weights(datamodule):
+    base = pretrain_mod.cache_key(TINY["kwargs"], TINY["train"], 6, 128, datamodule)
+    assert base == pretrain_mod.cache_key(dict(TINY["kwargs"]), dict(TINY["train"]), 6, 128, datamodule)
+    assert base != pretrain_mod.cache_key(TINY["kwargs"], {**TINY["train"], "epochs": 2}, 6, 128, datamodule)
+    assert base != pretrain_mod.cache_key({**TINY["kwargs"], "reg_max": 16}, TINY["train"], 6, 128, datamodule)
+    assert base != pretrain_mod.cache_key(TINY["kwargs"], TINY["train"], 5, 128, datamodule)
+
+
+def test_user_checkpoint_is_used_instead_of_pretraining(datamodule, tmp_path, monkeypatch):
+    from lightning_ptq.models import YOLO
+
+    user = YOLO(datamodule.num_classes, image_size=128, **TINY["kwargs"]).eval()
+    path = save_detector(user, tmp_path / "mine.pt", TINY["kwargs"], datamodule.class_names)
+    monkeypatch.setattr(pretrain_mod, "_pretrain", lambda *a, **k: pytest.fail("should not pretrain"))
+    model = pretrained_detector(datamodule, {**TINY, "checkpoint": str(path)}, tmp_path / "cache", TRAINER)
+    x = torch.rand(1, 3, 128, 128)
+    torch.testing.assert_close(model(x), user(x))
+    with pytest.raises(CheckpointNotFoundError, match="gone.pt does not exist"):
+        pretrained_detector(datamodule, {**TINY, "checkpoint": str(tmp_path / "gone.pt")}, tmp_path, TRAINER)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"name": "detr"}, r"model.name='detr' is unknown: choose one of yolo"),
+    ({"train": {"epochz": 3}}, r"model.train has unknown keys \['epochz'\]"),
+])
+def test_bad_model_config(datamodule, tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        pretrained_detector(datamodule, {**TINY, **change}, tmp_path, TRAINER)
