@@ -15,29 +15,44 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from .calib import OutputMSE, calibrate
+from .calib import EmptyCalibrationError, NonFiniteLossError, OutputMSE, calibrate
+from .data import (
+    AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
+    MalformedAnnotationError, NotAGeneratedDatasetError,
+)
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
-from .models import detect, evaluate_detections, pretrained_detector
-from .quant import QuantConfig, quantize
+from .models import (
+    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
+    pretrained_detector,
+)
+from .quant import ConfigError, LayerPatternError, QuantConfig, quantize
 from .report import plot_detections, results_table, table_rows
 
 log = logging.getLogger(__name__)
 
 LOSSES = {"output_mse": OutputMSE}
 
+# Problems with what the user gave (settings, data, checkpoint): the entry point prints their
+# message, which names the problem and the fix, without a traceback.
+USER_ERRORS = (
+    ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
+    MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
+    CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteLossError,
+)
+
 
 def check_calib_config(calib: DictConfig) -> None:
     """Fail at start-up, with the fix, on calibration settings that cannot work."""
     if calib.loss not in LOSSES:
-        raise ValueError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+        raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
     for key in ("num_images", "init_batches", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
-            raise ValueError(f"calib.{key}={calib[key]!r} must be a positive integer.")
+            raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
     if not isinstance(calib.steps, int) or calib.steps < 0:
-        raise ValueError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
+        raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
     if calib.lr <= 0:
-        raise ValueError(f"calib.lr={calib.lr!r} must be > 0.")
+        raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
 
 
 def calibration_batches(datamodule, num_images: int) -> list:

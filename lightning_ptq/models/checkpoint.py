@@ -7,7 +7,7 @@ module holding the detector as ``model`` or a bare state_dict.
 from __future__ import annotations
 
 import os
-import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -52,17 +52,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CorruptCheckpointError(
-            f"Checkpoint {path} holds objects other than tensors and plain containers, which are not "
-            f"unpickled because they could run code ({str(err).splitlines()[0]}). Save the weights "
-            f"only: torch.save(model.state_dict(), path)."
-        ) from err
     except Exception as err:  # the unpickler fails on garbage with many kinds (KeyError, EOFError, ...)
+        text = str(err)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            raise CorruptCheckpointError(
+                f"Checkpoint {path} contains pickled Python objects ({refused.group(1)}), which are not "
+                f"loaded because unpickling them could run code. Save the weights only: "
+                f"torch.save(model.state_dict(), path)."
+            ) from err
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        detail = detail.group(1) if detail else (text.strip().splitlines() or ["no detail"])[0]
         raise CorruptCheckpointError(
-            f"Checkpoint {path} cannot be read as a PyTorch file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it may be truncated or not a "
-            f"torch.save file. Re-save it, or set model.checkpoint=null to pretrain the default detector."
+            f"Checkpoint {path} cannot be read as a PyTorch file ({type(err).__name__}: {detail}); it may "
+            f"be truncated or not a torch.save file. Re-save it, or set model.checkpoint=null to "
+            f"pretrain the default detector."
         ) from err
     if not isinstance(payload, dict):
         raise CorruptCheckpointError(

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from ..data import detection_collate
+from ..quant.config import ConfigError
 from .checkpoint import load_detector, save_detector
 from .detector import DetectorModule
 from .yolo import YOLO
@@ -38,7 +39,7 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     ``trainer_kwargs``: Lightning Trainer settings (accelerator, devices, precision, progress bar).
     """
     if model_cfg["name"] not in MODELS:
-        raise ValueError(f"model.name={model_cfg['name']!r} is unknown: choose one of {', '.join(MODELS)}.")
+        raise ConfigError(f"model.name={model_cfg['name']!r} is unknown: choose one of {', '.join(MODELS)}.")
     kwargs = dict(model_cfg.get("kwargs") or {})
     num_classes, image_size = datamodule.num_classes, datamodule.image_size
     if model_cfg.get("checkpoint"):
@@ -47,7 +48,7 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     train = {**TRAIN_DEFAULTS, **dict(model_cfg.get("train") or {})}
     unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
     if unknown:
-        raise ValueError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
+        raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
     key = cache_key(kwargs, train, num_classes, image_size, datamodule)
     path = Path(cache_dir) / f"{model_cfg['name']}-{key}.pt"
     if path.is_file():
@@ -83,7 +84,7 @@ def _pretrain(datamodule, kwargs: dict, train: dict, work_dir: Path, trainer_kwa
     has_val = "val" in datamodule.splits
     trainer = L.Trainer(
         max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0)],
+        callbacks=[ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True)],
         check_val_every_n_epoch=train["val_every"], limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0, **trainer_kwargs,
     )

@@ -1,7 +1,7 @@
 """Quantization settings as a self-validating dataclass.
 
-Every bad value raises ``ValueError`` naming the field, the value and what is allowed, so a typo
-in a Hydra override fails at start-up instead of half-way through a calibration.
+Every bad value raises :class:`ConfigError` (a ``ValueError``) naming the field, the value and
+what is allowed, so a typo in a Hydra override fails at start-up instead of half-way through a calibration.
 """
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ GRANULARITIES = ("per_channel", "per_tensor")
 LAYER_TYPES = ("Conv2d", "Linear")
 
 
+class ConfigError(ValueError):
+    """A setting has a value that cannot work; the message names it and what is allowed."""
+
+
 def check_bits(name: str, value: Any) -> int:
     """Return ``value`` as an int bit width, or raise naming ``name`` and the allowed range."""
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={value!r} is not a supported bit width: use an integer from {MIN_BITS} to "
             f"{MAX_BITS} (e.g. quant.{name}=4)."
         )
@@ -26,7 +30,7 @@ def check_bits(name: str, value: Any) -> int:
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}.")
+        raise ConfigError(f"{name}={value!r} is not allowed: choose one of {', '.join(allowed)}.")
 
 
 @dataclass
@@ -41,7 +45,7 @@ class LayerOverride:
 
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, str) or not self.pattern:
-            raise ValueError(f"override pattern={self.pattern!r} must be a non-empty name pattern.")
+            raise ConfigError(f"override pattern={self.pattern!r} must be a non-empty name pattern.")
         for name in ("w_bits", "a_bits"):
             if getattr(self, name) is not None:
                 check_bits(f"overrides[{self.pattern!r}].{name}", getattr(self, name))
@@ -94,19 +98,19 @@ class QuantConfig:
         _check_choice("w_init", self.w_init, RANGE_INITS)
         _check_choice("a_init", self.a_init, RANGE_INITS)
         if not 50.0 < float(self.percentile) <= 100.0:
-            raise ValueError(f"percentile={self.percentile!r} must lie in (50, 100], e.g. 99.99.")
+            raise ConfigError(f"percentile={self.percentile!r} must lie in (50, 100], e.g. 99.99.")
         self.include = tuple(self.include)
         self.exclude = tuple(self.exclude)
         self.types = tuple(self.types)
         if not self.include:
-            raise ValueError("include=() selects no layer: give at least one pattern, e.g. ['*'].")
+            raise ConfigError("include=() selects no layer: give at least one pattern, e.g. ['*'].")
         for t in self.types:
             _check_choice("types entry", t, LAYER_TYPES)
         self.overrides = tuple(
             o if isinstance(o, LayerOverride) else LayerOverride(**dict(o)) for o in self.overrides
         )
         if int(self.act_samples) < 1024:
-            raise ValueError(f"act_samples={self.act_samples!r} is too small: use at least 1024.")
+            raise ConfigError(f"act_samples={self.act_samples!r} is too small: use at least 1024.")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "QuantConfig":
@@ -114,7 +118,7 @@ class QuantConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown quantization setting(s) {unknown}: allowed are {sorted(known)}."
             )
         return cls(**values)

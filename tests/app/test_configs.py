@@ -115,7 +115,7 @@ def test_configs_found_after_plain_non_editable_install(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout and "yolo_w4a4" in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w8a8", "--cfg", "job", "logger=none"],
+        [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w8a8", "logger=none", "--cfg", "job"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr

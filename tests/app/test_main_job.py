@@ -1,0 +1,172 @@
+"""The main job end to end on a tiny configuration, and each kind of bad input through it."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lightning_ptq.app import run
+from lightning_ptq.calib import EmptyCalibrationError
+from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError
+from lightning_ptq.hydra_setup import config_dir, register_recipes
+from lightning_ptq.models import CheckpointMismatchError, CorruptCheckpointError
+from lightning_ptq.quant import LayerPatternError, quantized_layers
+
+register_recipes()
+
+# Tiny everything: 16 train images, a 1/8-width model trained one epoch, 3 calibration steps.
+TINY = [
+    "logger=none", "trainer.enable_progress_bar=false",
+    "data.generator_kwargs={splits: {train: 16, calib: 8, val: 8, test: 8}}",
+    "model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
+    "calib.num_images=8", "calib.init_batches=1", "calib.steps=3", "calib.batch_size=4", "eval.num_vis_images=2",
+]
+
+
+def tiny_cfg(cache_dir, *overrides):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=["+recipe=yolo_w4a4", f"cache_dir={cache_dir}", *TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def first_run(cache_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return run(tiny_cfg(cache_dir), run_dir), run_dir
+
+
+def test_tiny_end_to_end_writes_results_and_artifacts(first_run):
+    results, run_dir = first_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved == pytest.approx(results)
+    for key in ("fp.map", "fp.map50", "quant.map", "quant.map50", "retention", "calib_seconds", "w_bits", "a_bits"):
+        assert key in saved
+    assert (saved["w_bits"], saved["a_bits"], saved["calib_images"]) == (4, 4, 8)
+    assert 0.0 <= saved["quant.map"] <= 1.0 and saved["calib_seconds"] > 0
+    assert saved["size_ratio"] > 6  # 4-bit codes vs float32, scales included
+    for name in ("quantized_state_dict.pt", "packed.pt", "detections.png"):
+        assert (run_dir / name).stat().st_size > 0
+    state = torch.load(run_dir / "quantized_state_dict.pt", weights_only=True)
+    assert any(k.startswith("head.cls.0.2.") and "quant" in k for k in state)  # head convs quantized
+
+
+def test_second_run_reuses_the_cached_detector(first_run, cache_dir, tmp_path):
+    results, _ = first_run
+    cached = list((cache_dir / "models").glob("yolo-*.pt"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    again = run(tiny_cfg(cache_dir, "quant.w_bits=8", "quant.a_bits=8"), tmp_path)
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert again["fp.map"] == pytest.approx(results["fp.map"])  # same FP model, same test split
+
+
+def test_every_conv_including_the_head_is_quantized(cache_dir):
+    from lightning_ptq.app import load_data_and_model
+    from lightning_ptq.quant import QuantConfig, quantize
+
+    cfg = tiny_cfg(cache_dir)
+    _, fp_model = load_data_and_model(cfg)
+    qmodel = quantize(fp_model, QuantConfig.from_dict(OmegaConf.to_container(cfg.quant)))
+    convs = [n for n, m in fp_model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sorted(quantized_layers(qmodel)) == sorted(convs)
+    assert "stem.0.conv" in convs and "head.box.2.2" in convs and "head.cls.0.2" in convs
+
+
+def test_wandb_offline_run_files(cache_dir, tmp_path):
+    cfg = tiny_cfg(cache_dir, "logger=wandb", f"logger.save_dir={tmp_path}", "calib.steps=1")
+    run(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# --- bad input, one by one -------------------------------------------------------------------
+
+
+def test_missing_dataset_folder(cache_dir, tmp_path):
+    cfg = tiny_cfg(cache_dir, f"data.root={tmp_path}/nowhere", "data.generate_default=false")
+    with pytest.raises(DatasetRootNotFoundError, match=r"nowhere does not exist\. Set it with data\.root="):
+        run(cfg, tmp_path)
+
+
+@pytest.fixture
+def user_copy(cache_dir, first_run, tmp_path):
+    """A copy of the tiny generated dataset that a test may break."""
+    root = tmp_path / "coco"
+    shutil.copytree(cache_dir / "data" / "shapes", root)
+    return root
+
+
+def test_malformed_coco_json(cache_dir, user_copy, tmp_path):
+    (user_copy / "annotations" / "instances_val.json").write_text('{"images": [}')
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}", "data.generate_default=false")
+    with pytest.raises(MalformedAnnotationError, match=r"instances_val\.json"):
+        run(cfg, tmp_path)
+
+
+def test_empty_calibration_split(cache_dir, user_copy, tmp_path):
+    path = user_copy / "annotations" / "instances_calib.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "images": [], "annotations": []}))
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}", "data.generate_default=false")
+    with pytest.raises(EmptySplitError, match=r"split 'calib'.*lists no images"):
+        run(cfg, tmp_path)
+
+
+def test_empty_calibration_batches_from_the_api():
+    from lightning_ptq import QuantConfig, calibrate, quantize
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(EmptyCalibrationError, match="the calibration set is empty"):
+        calibrate(model, quantize(model, QuantConfig()), [], steps=1)
+
+
+def test_corrupt_checkpoint(cache_dir, tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"\x80\x02garbage")
+    cfg = tiny_cfg(cache_dir, f"model.checkpoint={tmp_path}/ckpt.pt")
+    with pytest.raises(CorruptCheckpointError, match=r"ckpt\.pt cannot be read as a PyTorch file"):
+        run(cfg, tmp_path)
+
+
+def test_checkpoint_of_another_model(cache_dir, first_run, tmp_path):
+    cached = next((cache_dir / "models").glob("yolo-*.pt"))
+    state = torch.load(cached, weights_only=True)["state_dict"]
+    torch.save(state, tmp_path / "theirs.pt")  # a bare state_dict of the 1/8-width model
+    cfg = tiny_cfg(cache_dir, f"model.checkpoint={tmp_path}/theirs.pt", "model.kwargs.width_mult=0.25")
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit the configured detector.*shape mismatch"):
+        run(cfg, tmp_path)
+
+
+def test_layer_pattern_matching_nothing(cache_dir, first_run, tmp_path):
+    cfg = tiny_cfg(cache_dir, "quant.exclude=[neck.*]")
+    with pytest.raises(LayerPatternError, match=r"neck\.\*"):
+        run(cfg, tmp_path)
+
+
+def test_cli_prints_one_paragraph_without_traceback(cache_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w4a4", f"cache_dir={cache_dir}", *TINY,
+         f"data.root={tmp_path}/nowhere", "data.generate_default=false", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "lightning_ptq: DatasetRootNotFoundError:" in proc.stderr and "data.root=" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_multirun_sweep_writes_one_result_per_job(cache_dir, first_run, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ptq", "-m", "+recipe=yolo_w4a4", "quant.w_bits=4,8", f"cache_dir={cache_dir}",
+         *TINY, "calib.steps=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert [r["w_bits"] for r in results] == [4, 8] and all(r["a_bits"] == 4 for r in results)
