@@ -33,6 +33,7 @@ METHODS = {
     "percentile": ({"w_init": "percentile", "a_init": "percentile"}, False),
     "mse": ({"w_init": "mse", "a_init": "mse"}, False),
     "mse + learned scales (output MSE)": ({"w_init": "mse", "a_init": "mse"}, True),
+    "mse-w / percentile-a + learned (default)": ({"w_init": "mse", "a_init": "percentile"}, True),
 }
 
 

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from .calib import EmptyCalibrationError, NonFiniteLossError, OutputMSE, calibrate
+from .calib import EmptyCalibrationError, FilteredGlobalLoss, NonFiniteLossError, OutputMSE, calibrate
 from .data import (
     AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
     MalformedAnnotationError, NotAGeneratedDatasetError,
@@ -23,15 +23,15 @@ from .data import (
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
 from .models import (
-    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
-    pretrained_detector,
+    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, YOLOAdapter, detect,
+    evaluate_detections, pretrained_detector,
 )
 from .quant import ConfigError, LayerPatternError, QuantConfig, quantize
 from .report import plot_detections, results_table, table_rows
 
 log = logging.getLogger(__name__)
 
-LOSSES = {"output_mse": OutputMSE}
+LOSSES = ("output_mse", "fgl")
 
 # Problems with what the user gave (settings, data, checkpoint): the entry point prints their
 # message, which names the problem and the fix, without a traceback.
@@ -46,6 +46,10 @@ def check_calib_config(calib: DictConfig) -> None:
     """Fail at start-up, with the fix, on calibration settings that cannot work."""
     if calib.loss not in LOSSES:
         raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+    try:
+        FilteredGlobalLoss(None, **calib.fgl)
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"calib.fgl: {err}") from err
     for key in ("num_images", "init_batches", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
             raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
@@ -53,6 +57,13 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
     if calib.lr <= 0:
         raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
+
+
+def calibration_loss(calib: DictConfig, fp_model):
+    """The distillation loss named by ``calib.loss``."""
+    if calib.loss == "fgl":
+        return FilteredGlobalLoss(YOLOAdapter(fp_model), **calib.fgl)
+    return OutputMSE()
 
 
 def calibration_batches(datamodule, num_images: int) -> list:
@@ -86,7 +97,7 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
     qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
     start = time.perf_counter()
     calibrate(
-        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=LOSSES[calib.loss](),
+        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
         num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
         trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
                             accelerator=trainer.accelerator, devices=trainer.devices),

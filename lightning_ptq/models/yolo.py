@@ -196,3 +196,14 @@ def postprocess(outputs: dict[str, torch.Tensor], anchors: torch.Tensor, strides
         kept = batched_nms(cand_boxes, cand_scores, labels, iou_thr)[:max_det]
         results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": labels[kept]})
     return results
+
+
+class YOLOAdapter:
+    """:class:`~lightning_ptq.calib.fgl.DetectorAdapter` of :class:`YOLO`: class logits and
+    DFL-decoded boxes (float, differentiable) per anchor point."""
+
+    def __init__(self, model: YOLO):
+        self.anchors, self.strides, self.reg_max = model.anchors, model.anchor_strides, model.reg_max
+
+    def __call__(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs["cls"], decode_boxes(outputs["box"], self.anchors, self.strides, self.reg_max)

@@ -80,7 +80,7 @@ class QuantConfig:
     w_granularity: str = "per_channel"
     a_granularity: str = "per_tensor"
     w_init: str = "mse"
-    a_init: str = "mse"
+    a_init: str = "percentile"
     percentile: float = 99.99
     learnable: bool = True
     fold_bn: bool = True

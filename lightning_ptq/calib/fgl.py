@@ -1,0 +1,92 @@
+"""Filtered global loss (FGL) of regression-aware calibration (Reg-PTQ, CVPR 2024).
+
+The FP teacher and the quantized student see the same images. Most of a detector's anchors are
+background, and the teacher's boxes there are noise: distilling them wastes the calibration on
+boxes nobody keeps. FGL keeps an anchor when the teacher is confident about it (max class score
+> ``conf_thr``) or when the student's box already overlaps the teacher's (IoU > ``iou_thr``);
+on the kept anchors it adds a classification term (BCE of the student's logits against the
+teacher's scores) and ``lambda_reg`` times a box term (GIoU or scale-normalised L1 between student
+and teacher boxes). Nothing else enters the loss.
+
+The loss reaches the model's outputs only through a :class:`DetectorAdapter`, so any detector
+that can say "these are my per-anchor class logits and boxes" can use it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import generalized_box_iou_loss
+
+from ..quant.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+REG_LOSSES = ("giou", "l1")
+
+
+class DetectorAdapter(Protocol):
+    """What FGL needs from a detector's raw outputs (implement it for your model).
+
+    ``__call__(outputs)`` returns ``(class_logits [B, A, C], boxes [B, A, 4])`` over the same A
+    anchors (or points) for teacher and student: logits before the sigmoid, boxes xyxy in pixels
+    decoded in float and differentiable with respect to the outputs.
+    """
+
+    def __call__(self, outputs) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` for boxes ``[..., 4]`` xyxy (torchvision only has all pairs)."""
+    wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (x[..., 2] - x[..., 0]).clamp_min(0) * (x[..., 3] - x[..., 1]).clamp_min(0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
+
+
+class FilteredGlobalLoss:
+    """``(student_out, teacher_out) -> (loss, parts)``; see the module docstring.
+
+    A batch in which no anchor survives the filter falls back to every anchor (with a warning) and
+    is counted in ``fallback_batches``.
+    """
+
+    name = "fgl"
+
+    def __init__(self, adapter: DetectorAdapter, conf_thr: float = 0.3, iou_thr: float = 0.5,
+                 lambda_reg: float = 1.0, reg_loss: str = "giou"):
+        for key, value in (("conf_thr", conf_thr), ("iou_thr", iou_thr)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{key}={value!r} must lie in [0, 1].")
+        if float(lambda_reg) < 0:
+            raise ConfigError(f"lambda_reg={lambda_reg!r} must be >= 0.")
+        if reg_loss not in REG_LOSSES:
+            raise ConfigError(f"reg_loss={reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
+        self.adapter, self.conf_thr, self.iou_thr = adapter, float(conf_thr), float(iou_thr)
+        self.lambda_reg, self.reg_loss = float(lambda_reg), reg_loss
+        self.fallback_batches = 0
+
+    def __call__(self, student_out, teacher_out) -> tuple[torch.Tensor, dict[str, float]]:
+        s_logits, s_boxes = self.adapter(student_out)
+        with torch.no_grad():
+            t_logits, t_boxes = self.adapter(teacher_out)
+            t_scores = t_logits.float().sigmoid()
+            keep = (t_scores.amax(-1) > self.conf_thr) | (paired_iou(s_boxes.detach(), t_boxes) > self.iou_thr)
+        if not keep.any():
+            self.fallback_batches += 1
+            log.warning("FGL: no box passed the filter (conf_thr=%s, iou_thr=%s) in this batch; using all "
+                        "boxes for it (%d such batches so far).", self.conf_thr, self.iou_thr, self.fallback_batches)
+            keep = torch.ones_like(keep)
+        cls = F.binary_cross_entropy_with_logits(s_logits[keep].float(), t_scores[keep])
+        reg = self._reg(s_boxes[keep].float(), t_boxes[keep].float())
+        loss = cls + self.lambda_reg * reg
+        return loss, {"cls": cls.item(), "reg": reg.item(), "kept": float(keep.sum()),
+                      "fallback_batches": float(self.fallback_batches)}
+
+    def _reg(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.reg_loss == "giou":
+            return generalized_box_iou_loss(s, t, reduction="mean")
+        size = (t[:, 2:] - t[:, :2]).clamp_min(1.0).repeat(1, 2)  # L1 relative to the teacher box size
+        return ((s - t).abs() / size).mean()
