@@ -1,7 +1,8 @@
 """Pack a calibrated fake-quant model into its low-bit form: integer weight codes, bit-packed.
 
-``export_packed`` gives what a deployment needs per quantized layer (packed weight codes,
-per-channel scales, the bias, the input activation scale / zero point and bit widths) and every
+``export_packed`` gives what a deployment needs per quantized layer (packed weight codes, the
+parameters that decode them: per-channel scales, or the location / scale / slope of a log-affine
+quantizer; the bias; the input quantizer's parameters; bit widths) and every
 other tensor of the model in float; its byte count is the model size we report.
 """
 from __future__ import annotations
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..quant.laq import LogAffineQuantizer
 from ..quant.layers import QuantLayerMixin
+from ..quant.quantizer import FakeQuantizer, QuantizerBase
 from ..quant.swap import quantized_layers
 
 
@@ -30,34 +33,44 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy((flat.astype(np.int64) << np.arange(bits)).sum(axis=1))
 
 
+def _quantizer_entry(q: QuantizerBase) -> dict[str, torch.Tensor | str]:
+    """What rebuilds quantizer ``q``: its kind, bit width, channel axis (-1: per tensor) and parameters."""
+    entry = {"kind": "laq" if isinstance(q, LogAffineQuantizer) else "uniform", "bits": torch.tensor(q.bits),
+             "channel_axis": torch.tensor(-1 if q.channel_axis is None else q.channel_axis)}
+    entry["params"] = {name: p.detach().clone() for name, p in q.named_parameters(recurse=False)}
+    return entry
+
+
+def _quantizer_from_entry(entry: dict, symmetric: bool) -> QuantizerBase:
+    bits, axis, params = int(entry["bits"]), int(entry["channel_axis"]), entry["params"]
+    kwargs = dict(channel_axis=None if axis < 0 else axis, num_channels=params["mu" if "mu" in params else "scale"].numel(),
+                  learnable=False)
+    q = LogAffineQuantizer(bits, **kwargs) if entry["kind"] == "laq" else FakeQuantizer(bits, symmetric, **kwargs)
+    with torch.no_grad():
+        for name, value in params.items():
+            getattr(q, name).copy_(value)
+    return q
+
+
 def weight_codes(layer: QuantLayerMixin) -> torch.Tensor:
-    """Signed integer weight codes of a calibrated layer, same shape as its weight."""
-    q = layer.weight_quant
-    if not q.initialized:
+    """Unsigned integer weight codes in ``[0, 2^bits)`` of a calibrated layer, shaped like its weight."""
+    if not layer.weight_quant.initialized:
         raise ValueError("the layer is not calibrated: run calibrate() before exporting.")
-    shape = [1] * layer.weight.dim()
-    if q.channel_axis is not None:
-        shape[q.channel_axis] = -1
-    codes = torch.round(layer.weight.detach() / q.scale.detach().reshape(shape))
-    return codes.clamp(q.q_min, q.q_max).to(torch.int64)
+    return layer.weight_quant.codes(layer.weight.detach())
 
 
 def export_packed(qmodel: nn.Module) -> dict[str, dict[str, torch.Tensor] | torch.Tensor]:
-    """The deployable content of ``qmodel``: per quantized layer a dict of tensors, and every
-    remaining parameter / buffer as a float tensor. Loadable with ``torch.load(weights_only=True)``."""
+    """The deployable content of ``qmodel``: per quantized layer a dict of tensors (packed weight
+    codes and what decodes them, uniform or log-affine), and every remaining parameter / buffer
+    as a float tensor. Loadable with ``torch.load(weights_only=True)``."""
     layers = quantized_layers(qmodel)
     out: dict = {"layers": {}, "float": {}}
     for name, layer in layers.items():
-        wq, aq = layer.weight_quant, layer.input_quant
-        codes = weight_codes(layer)
         entry = {
-            "weight_packed": pack_codes(codes - wq.q_min, wq.bits),
+            "weight_packed": pack_codes(weight_codes(layer), layer.weight_quant.bits),
             "weight_shape": torch.tensor(layer.weight.shape),
-            "w_bits": torch.tensor(wq.bits),
-            "weight_scale": wq.scale.detach().clone(),
-            "a_bits": torch.tensor(aq.bits),
-            "input_scale": aq.scale.detach().clone(),
-            "input_zero_point": aq.zero_point.detach().round().to(torch.int32),
+            "weight_quant": _quantizer_entry(layer.weight_quant),
+            "input_quant": _quantizer_entry(layer.input_quant),
         }
         if layer.bias is not None:
             entry["bias"] = layer.bias.detach().clone()
@@ -72,17 +85,16 @@ def export_packed(qmodel: nn.Module) -> dict[str, dict[str, torch.Tensor] | torc
 def unpack_weight(entry: dict[str, torch.Tensor]) -> torch.Tensor:
     """Dequantized float weight of one exported layer."""
     shape = entry["weight_shape"].tolist()
-    bits = int(entry["w_bits"])
-    q_min = -(1 << (bits - 1))
-    codes = unpack_codes(entry["weight_packed"], bits, int(np.prod(shape))).reshape(shape) + q_min
-    scale = entry["weight_scale"]
-    scale_shape = [-1] + [1] * (len(shape) - 1) if scale.numel() > 1 else [1] * len(shape)
-    return codes.float() * scale.reshape(scale_shape)
+    quantizer = _quantizer_from_entry(entry["weight_quant"], symmetric=True)
+    codes = unpack_codes(entry["weight_packed"], quantizer.bits, int(np.prod(shape))).reshape(shape)
+    return quantizer.decode(codes)
 
 
 def _nbytes(obj) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
+    if isinstance(obj, str):
+        return len(obj.encode())
     return sum(_nbytes(v) for v in obj.values())
 
 

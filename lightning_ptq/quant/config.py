@@ -12,6 +12,7 @@ MIN_BITS, MAX_BITS = 2, 8
 RANGE_INITS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("per_channel", "per_tensor")
 LAYER_TYPES = ("Conv2d", "Linear")
+LAQ_TARGETS = ("weights", "activations", "both")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,10 @@ class QuantConfig:
             e.g. ``[{"pattern": "model.stem.conv", "w_bits": 8, "a_bits": 8}]``.
         act_samples: how many activation values per quantizer are kept (random subsample) for
             the percentile / MSE initialisers; min and max are always exact.
+        laq_patterns: layers (``fnmatch`` on names, e.g. ``head.box.*``) whose quantizers are the
+            learnable log-affine quantizer (:class:`~lightning_ptq.quant.laq.LogAffineQuantizer`)
+            instead of the uniform one; its ranges come from its own search, not ``*_init``.
+        laq_on: what LAQ quantizes in those layers: ``weights``, ``activations`` or ``both``.
     """
 
     w_bits: int = 4
@@ -89,6 +94,8 @@ class QuantConfig:
     types: tuple[str, ...] = LAYER_TYPES
     overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
     act_samples: int = 1 << 18
+    laq_patterns: tuple[str, ...] = ()
+    laq_on: str = "both"
 
     def __post_init__(self) -> None:
         check_bits("w_bits", self.w_bits)
@@ -109,6 +116,8 @@ class QuantConfig:
         self.overrides = tuple(
             o if isinstance(o, LayerOverride) else LayerOverride(**dict(o)) for o in self.overrides
         )
+        self.laq_patterns = tuple(self.laq_patterns)
+        _check_choice("laq_on", self.laq_on, LAQ_TARGETS)
         if int(self.act_samples) < 1024:
             raise ConfigError(f"act_samples={self.act_samples!r} is too small: use at least 1024.")
 
@@ -125,6 +134,14 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def layer_laq(self, name: str) -> tuple[bool, bool]:
+        """Whether layer ``name`` gets LAQ on its (weights, input activations)."""
+        from fnmatch import fnmatchcase
+
+        if not any(fnmatchcase(name, p) for p in self.laq_patterns):
+            return False, False
+        return self.laq_on in ("weights", "both"), self.laq_on in ("activations", "both")
 
     def layer_bits(self, name: str) -> tuple[int, int] | None:
         """``(w_bits, a_bits)`` for the layer ``name``, or ``None`` if an override keeps it float."""

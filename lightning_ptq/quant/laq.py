@@ -92,6 +92,30 @@ class LogAffineQuantizer(QuantizerBase):
         d_down = _log_levels(d, self.log2_s[1].reshape(shape), k[1].reshape(shape), self.levels)
         return mu + torch.where(above, d_up, -d_down)
 
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``L + j`` above ``mu``, ``L - j`` below (``j = 1..L``), ``L`` for the zero level."""
+        shape = self._param_shape(x)
+        mu, k = self.mu.reshape(shape), torch.exp2(self.log2_k)
+        above = x >= mu
+        log2_s = torch.where(above, self.log2_s[0].reshape(shape), self.log2_s[1].reshape(shape))
+        k = torch.where(above, k[0].reshape(shape), k[1].reshape(shape))
+        d = (x - mu).abs()
+        j = torch.round(k * (torch.log2(d.clamp_min(_TINY)) - log2_s) + self.levels).clamp(1, self.levels)
+        smallest = torch.exp2(log2_s + (1 - self.levels) / k)
+        j = torch.where(d < smallest / 2, torch.zeros_like(j), j)
+        return (self.levels + torch.where(above, j, -j)).to(torch.int64)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        shape = self._param_shape(codes)
+        signed = codes.float() - self.levels
+        side = (signed < 0).long()  # 0: above mu, 1: below
+        log2_s = torch.where(side == 0, self.log2_s[0].reshape(shape), self.log2_s[1].reshape(shape))
+        k = torch.exp2(torch.where(side == 0, self.log2_k[0].reshape(shape), self.log2_k[1].reshape(shape)))
+        d = torch.exp2(log2_s + (signed.abs() - self.levels) / k)
+        return self.mu.reshape(shape) + torch.where(signed == 0, torch.zeros_like(d), signed.sign() * d)
+
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
     def _init_params(self, rows: torch.Tensor) -> None:

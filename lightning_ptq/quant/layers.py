@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
-from .quantizer import FakeQuantizer
+from .laq import LogAffineQuantizer
+from .quantizer import FakeQuantizer, QuantizerBase
 
 
 class QuantLayerMixin:
     """Adds a per-layer weight quantizer and an input-activation quantizer to a float layer."""
 
-    weight_quant: FakeQuantizer
-    input_quant: FakeQuantizer
+    weight_quant: QuantizerBase
+    input_quant: QuantizerBase
     _float_cls: type[nn.Module]
 
     @staticmethod
@@ -26,24 +27,28 @@ class QuantLayerMixin:
         raise NotImplementedError
 
     @classmethod
-    def from_float(cls, module: nn.Module, cfg: QuantConfig, w_bits: int, a_bits: int):
-        """Wrap ``module`` (sharing its weight and bias) with quantizers of the given widths."""
+    def from_float(cls, module: nn.Module, cfg: QuantConfig, w_bits: int, a_bits: int,
+                   laq_weights: bool = False, laq_inputs: bool = False):
+        """Wrap ``module`` (sharing its weight and bias) with quantizers of the given widths:
+        uniform ones, or log-affine (LAQ) ones where ``laq_weights`` / ``laq_inputs`` say so."""
         if type(module) is not cls._float_cls:
             raise TypeError(f"{cls.__name__}.from_float expects {cls._float_cls.__name__}, got {type(module).__name__}")
         new = cls(**cls._init_args(module), device="meta")
         new.weight, new.bias = module.weight, module.bias
         per_channel = cfg.w_granularity == "per_channel"
-        new.weight_quant = FakeQuantizer(
-            w_bits, symmetric=True, channel_axis=0 if per_channel else None,
-            num_channels=module.weight.shape[0] if per_channel else 1, init=cfg.w_init,
-            percentile=cfg.percentile, learnable=cfg.learnable,
+        w_args = dict(channel_axis=0 if per_channel else None, num_channels=module.weight.shape[0] if per_channel else 1,
+                      learnable=cfg.learnable)
+        new.weight_quant = (
+            LogAffineQuantizer(w_bits, **w_args) if laq_weights
+            else FakeQuantizer(w_bits, symmetric=True, init=cfg.w_init, percentile=cfg.percentile, **w_args)
         )
         a_per_channel = cfg.a_granularity == "per_channel"
         in_channels = module.weight.shape[1] * getattr(module, "groups", 1)
-        new.input_quant = FakeQuantizer(
-            a_bits, symmetric=False, channel_axis=1 if a_per_channel else None,
-            num_channels=in_channels if a_per_channel else 1, init=cfg.a_init,
-            percentile=cfg.percentile, learnable=cfg.learnable, max_samples=cfg.act_samples,
+        a_args = dict(channel_axis=1 if a_per_channel else None, num_channels=in_channels if a_per_channel else 1,
+                      learnable=cfg.learnable, max_samples=cfg.act_samples)
+        new.input_quant = (
+            LogAffineQuantizer(a_bits, **a_args) if laq_inputs
+            else FakeQuantizer(a_bits, symmetric=False, init=cfg.a_init, percentile=cfg.percentile, **a_args)
         )
         new.to(module.weight.device)
         return new.train(module.training)
@@ -55,7 +60,7 @@ class QuantLayerMixin:
         return new.train(self.training)
 
     @property
-    def quantizers(self) -> tuple[FakeQuantizer, FakeQuantizer]:
+    def quantizers(self) -> tuple[QuantizerBase, QuantizerBase]:
         return self.weight_quant, self.input_quant
 
 

@@ -55,6 +55,14 @@ class QuantizerBase(nn.Module):
     def learnable_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of ``x`` in ``[0, 2^bits)`` (int64); ``decode(codes(x)) == quantize(x)``."""
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Float values of integer ``codes`` (shaped like the tensor they came from)."""
+        raise NotImplementedError
+
     # -- modes ---------------------------------------------------------------------------------
     def enable_observation(self) -> None:
         self._samples = []
@@ -177,6 +185,20 @@ class FakeQuantizer(QuantizerBase):
             x, self.scale, self.zero_point, self.q_min, self.q_max, self.channel_axis,
             lsq_grad=self.scale.requires_grad,
         )
+
+    def _integer_zero_point(self, shape: list[int]) -> torch.Tensor:
+        return torch.round(self.zero_point).clamp(self.q_min, self.q_max).reshape(shape)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self._param_shape(x)
+        q = torch.round(x / self.scale.reshape(shape)) + self._integer_zero_point(shape)
+        return (q.clamp(self.q_min, self.q_max) - self.q_min).to(torch.int64)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        shape = self._param_shape(codes)
+        return (codes.float() + self.q_min - self._integer_zero_point(shape)) * self.scale.reshape(shape)
 
     def extra_repr(self) -> str:
         return f"{'symmetric' if self.symmetric else 'asymmetric'}, init={self.init}, {self._state_repr()}"

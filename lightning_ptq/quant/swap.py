@@ -24,14 +24,14 @@ class LayerPatternError(ValueError):
 def _select(model: nn.Module, cfg: QuantConfig) -> list[str]:
     allowed = tuple(t for t in QUANT_LAYERS if t.__name__ in cfg.types)
     candidates = [n for n, m in model.named_modules() if type(m) in allowed]
-    for pattern in (*cfg.include, *cfg.exclude, *(o.pattern for o in cfg.overrides)):
+    for pattern in (*cfg.include, *cfg.exclude, *(o.pattern for o in cfg.overrides), *cfg.laq_patterns):
         if not any(fnmatchcase(n, pattern) for n in candidates):
             shown = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
             raise LayerPatternError(
                 f"layer pattern {pattern!r} matches no {'/'.join(cfg.types)} layer of "
                 f"{type(model).__name__}. Patterns are fnmatch globs on module names such as: "
                 f"{shown or '(the model has no such layer)'}. Fix quant.include / quant.exclude / "
-                f"quant.overrides."
+                f"quant.overrides / quant.laq_patterns."
             )
     return [
         n for n in candidates
@@ -68,7 +68,7 @@ def quantize(
         if bits is None:
             continue
         layer = model.get_submodule(name)
-        _set_submodule(model, name, QUANT_LAYERS[type(layer)].from_float(layer, cfg, *bits))
+        _set_submodule(model, name, QUANT_LAYERS[type(layer)].from_float(layer, cfg, *bits, *cfg.layer_laq(name)))
     return model
 
 

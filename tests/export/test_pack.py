@@ -31,3 +31,22 @@ def test_exported_weights_equal_fake_quantized_weights_and_size_shrinks(bits):
         torch.testing.assert_close(unpack_weight(exported["layers"][name]), layer.weight_quant(layer.weight))
     ratio = float_size_bytes(model) / packed_size_bytes(q)
     assert ratio > (32 / bits) * 0.8  # scales and biases cost a little
+
+
+@pytest.mark.parametrize("laq_on", ["weights", "activations", "both"])
+def test_log_affine_layers_export_and_decode_exactly(laq_on, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    q = quantize(model, QuantConfig(w_bits=4, a_bits=4, laq_patterns=("2",), laq_on=laq_on))
+    calibrate_ranges(q, [torch.randn(4, 3, 8, 8)], progress=False)
+    head = quantized_layers(q)["2"]
+    assert type(head.weight_quant).__name__ == ("LogAffineQuantizer" if laq_on != "activations" else "FakeQuantizer")
+    assert type(head.input_quant).__name__ == ("LogAffineQuantizer" if laq_on != "weights" else "FakeQuantizer")
+    assert type(quantized_layers(q)["0"].weight_quant).__name__ == "FakeQuantizer"
+    exported = export_packed(q)
+    torch.save(exported, tmp_path / "packed.pt")
+    loaded = torch.load(tmp_path / "packed.pt", weights_only=True)
+    for name, layer in quantized_layers(q).items():
+        torch.testing.assert_close(unpack_weight(loaded["layers"][name]), layer.weight_quant(layer.weight))
+        codes = layer.input_quant.codes(torch.randn(2, layer.weight.shape[1], 5, 5) * 3)
+        assert codes.min() >= 0 and codes.max() < 1 << layer.input_quant.bits

@@ -131,3 +131,14 @@ def test_calibrated_model_is_close_to_float(bits):
     ref = net(xs[0])
     rel = ((q(xs[0]) - ref).norm() / ref.norm()).item()
     assert rel < (0.02 if bits == 8 else 0.3)
+
+
+def test_laq_pattern_matching_nothing_is_named():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with pytest.raises(LayerPatternError, match=r"layer pattern 'head\.\*' matches no.*quant\.laq_patterns"):
+        quantize(model, QuantConfig(laq_patterns=("head.*",)))
+
+
+def test_bad_laq_target_is_named():
+    with pytest.raises(ValueError, match=r"laq_on='bias' is not allowed: choose one of weights, activations, both"):
+        QuantConfig(laq_patterns=("2",), laq_on="bias")
