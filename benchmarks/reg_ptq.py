@@ -1,0 +1,177 @@
+"""Regression-aware calibration against the PTQ baselines, in one harness and one process.
+
+Every method starts from the same FP checkpoint, the same test split and, for a given seed, the
+same calibration images in the same order; learned methods get the same step budget.
+
+    python benchmarks/reg_ptq.py                                   # all methods, W8A8/W4A8/W4A4, seeds 0 1 2
+    python benchmarks/reg_ptq.py --bits 4,4 --seeds 0 --methods percentile laq_fgl
+    python benchmarks/reg_ptq.py --seeds 0 -- calib.steps=400      # Hydra overrides of the main job after --
+
+Writes JSON (every run and the mean / spread per method and bit width), a markdown table and a
+plot of W4A4 retention to ``--out`` (a folder).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from lightning_ptq.app import eval_kwargs, load_data_and_model, quantize_and_calibrate
+from lightning_ptq.hydra_setup import config_dir
+from lightning_ptq.io import atomic_write_json
+from lightning_ptq.models import evaluate_detections
+from lightning_ptq.quant import QuantConfig
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LAQ_HEAD = {"laq_patterns": ["head.*"], "laq_on": "weights"}
+# key -> (label, quant overrides, calib overrides); "steps": 0 means ranges only.
+METHODS = {
+    "minmax": ("min/max", {"w_init": "minmax", "a_init": "minmax"}, {"steps": 0}),
+    "percentile": ("percentile", {"w_init": "percentile", "a_init": "percentile"}, {"steps": 0}),
+    "mse": ("MSE search", {"w_init": "mse", "a_init": "mse"}, {"steps": 0}),
+    "lsq": ("learned scales, output MSE", {}, {"loss": "output_mse"}),
+    "fgl": ("FGL without LAQ", {}, {"loss": "fgl"}),
+    "laq": ("LAQ without filter", LAQ_HEAD, {"loss": "output_mse"}),
+    "laq_fgl": ("LAQ + FGL (ours)", LAQ_HEAD, {"loss": "fgl"}),
+}
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) of this process while the block runs, sampled every 20 ms
+    from /proc (Linux); the GPU's own peak where CUDA is used."""
+
+    def __enter__(self):
+        self.peak, self._stop = _rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _rss_mib() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 2**20
+
+
+def seeded_batches(datamodule, num_images: int, batch_size: int, seed: int) -> list:
+    """``num_images`` images of the calib split picked and ordered by ``seed``, in batches."""
+    images, targets = [], []
+    for x, t in datamodule.calib_dataloader():
+        images.append(x)
+        targets.extend(t)
+    images = torch.cat(images)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
+    return [(images[order[i:i + batch_size]], [targets[j] for j in order[i:i + batch_size].tolist()])
+            for i in range(0, len(order), batch_size)]
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Mean and spread (sample std; 0 for one seed) per (bits, method)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["bits"], r["method"]), []).append(r)
+    rows = []
+    for (bits, method), rs in groups.items():
+        row = {"bits": bits, "method": method, "seeds": len(rs)}
+        for key in ("map", "map50", "map75", "retention", "calib_seconds", "peak_rss_mib"):
+            values = [r[key] for r in rs]
+            row[key] = statistics.fmean(values)
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], fp: dict) -> str:
+    lines = [f"FP32: mAP {fp['map']:.4f}, mAP50 {fp['map50']:.4f}, mAP75 {fp['map75']:.4f}", "",
+             "| bits | method | mAP | mAP50 | mAP75 | retention | calib s | peak RSS MiB | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pm = lambda k, f: f"{r[k]:{f}} ± {r[k + '_std']:{f}}"  # noqa: E731
+        lines.append(f"| {r['bits']} | {r['method']} | {pm('map', '.4f')} | {pm('map50', '.4f')} | "
+                     f"{pm('map75', '.4f')} | {r['retention']:.1%} ± {r['retention_std']:.1%} | "
+                     f"{r['calib_seconds']:.0f} | {r['peak_rss_mib']:.0f} | {r['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    for bits in sorted({r["bits"] for r in rows}):
+        sel = [r for r in rows if r["bits"] == bits]
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(sel) + 1.2))
+        ax.barh([r["method"] for r in sel], [100 * r["retention"] for r in sel],
+                xerr=[100 * r["retention_std"] for r in sel], color="tab:blue")
+        ax.axvline(90, color="tab:red", ls="--", lw=1)
+        ax.set_xlabel("retention of FP mAP@[.5:.95] (%)")
+        ax.set_title(f"{bits}: mean ± std over seeds")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(path.with_name(f"{path.stem}_{bits}.png"), dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/reg_ptq")
+    parser.add_argument("--bits", nargs="+", default=["8,8", "4,8", "4,4"], help="w,a pairs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. -- calib.steps=400")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", *args.overrides])
+    out = Path(args.out)
+
+    datamodule, fp_model = load_data_and_model(cfg)
+    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs(cfg))
+    runs = []
+    for seed in args.seeds:
+        batches = seeded_batches(datamodule, cfg.calib.num_images, cfg.calib.batch_size, seed)
+        for bits in args.bits:
+            w_bits, a_bits = map(int, bits.split(","))
+            for name in args.methods:
+                label, quant_overrides, calib_overrides = METHODS[name]
+                L.seed_everything(seed, verbose=False)
+                qcfg = QuantConfig.from_dict({**OmegaConf.to_container(cfg.quant), **quant_overrides,
+                                              "w_bits": w_bits, "a_bits": a_bits})
+                calib = OmegaConf.merge(cfg.calib, calib_overrides)
+                with PeakRSS() as mem:
+                    qmodel, seconds = quantize_and_calibrate(fp_model, qcfg, batches, calib, cfg.trainer)
+                m = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs(cfg))
+                runs.append({"bits": f"W{w_bits}A{a_bits}", "method": label, "seed": seed,
+                             **{k: float(v) for k, v in m.items()}, "retention": float(m["map"] / fp["map"]) if fp["map"] > 0 else 0.0,
+                             "calib_seconds": seconds, "peak_rss_mib": mem.peak, "peak_gpu_mib": mem.gpu_peak})
+                Console().print(f"seed {seed} {runs[-1]['bits']} {label}: mAP {m['map']:.4f} "
+                                f"({runs[-1]['retention']:.1%} of FP), {seconds:.0f} s")
+
+    rows = summarise(runs)
+    atomic_write_json({"fp": {k: float(v) for k, v in fp.items()}, "summary": rows, "runs": runs,
+                       "config": OmegaConf.to_container(cfg, resolve=True), "finished": time.time()},
+                      out.with_suffix(".json"))
+    table = markdown(rows, fp)
+    out.with_suffix(".md").write_text(table)
+    plot(rows, out.with_suffix(".png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
