@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 
 import lightning as L
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from lightning_ptq.app import calibration_batches, eval_kwargs, load_data_and_model, quantize_and_calibrate
-from lightning_ptq.hydra_setup import config_dir
+from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
 from lightning_ptq.models import evaluate_detections
 from lightning_ptq.quant import QuantConfig
@@ -42,8 +41,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/bit_widths.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. calib.steps=400")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", *args.overrides])
+    cfg = compose_config(["logger=none", *args.overrides])
     L.seed_everything(cfg.seed, verbose=False)
 
     datamodule, fp_model = load_data_and_model(cfg)

@@ -21,12 +21,11 @@ from pathlib import Path
 import lightning as L
 import matplotlib
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 
 from lightning_ptq.app import eval_kwargs, load_data_and_model, quantize_and_calibrate
-from lightning_ptq.hydra_setup import config_dir
+from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
 from lightning_ptq.models import evaluate_detections
 from lightning_ptq.quant import QuantConfig
@@ -137,8 +136,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. -- calib.steps=400")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["logger=none", *args.overrides])
+    cfg = compose_config(["logger=none", *args.overrides])
     out = Path(args.out)
 
     datamodule, fp_model = load_data_and_model(cfg)

@@ -10,8 +10,11 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> str:
@@ -32,3 +35,11 @@ def register_recipes() -> None:
     for path in sorted(recipe_dir().glob("*.yaml")):
         node = OmegaConf.to_container(OmegaConf.load(path))
         store.store(group="recipe", name=path.stem, node=node, package="_global_", provider="lightning_ptq")
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The main job's config with ``overrides``, outside a Hydra run (tests, benchmarks, notebooks);
+    recipes are registered first so ``+recipe=...`` works. ``${hydra:...}`` values stay unresolved."""
+    register_recipes()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))

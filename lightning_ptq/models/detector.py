@@ -28,11 +28,16 @@ def detect(model: nn.Module, images: torch.Tensor, conf_thr: float = 0.001, iou_
     return postprocess(outputs, model.anchors, model.anchor_strides, model.reg_max, conf_thr, iou_thr, max_det)
 
 
+def map_metric() -> MeanAveragePrecision:
+    """COCO box mAP as torchmetrics computes it with the pycocotools backend."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+
 def evaluate_detections(model: nn.Module, loader, conf_thr: float = 0.001, iou_thr: float = 0.6,
                         max_det: int = 100, progress: bool = True) -> dict[str, float]:
     """COCO mAP of ``model`` on ``loader`` (batches of images and target dicts), computed by
     torchmetrics (pycocotools backend): ``{"map", "map50", "map75", "map_small", ...}``."""
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric = map_metric()
     for images, targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         preds = detect(model, images, conf_thr, iou_thr, max_det)
         metric.update([{k: v.cpu() for k, v in p.items()} for p in preds],
@@ -54,7 +59,7 @@ class DetectorModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = YOLO(num_classes, image_size=image_size, **(model_kwargs or {}))
         self.loss = YOLOLoss(self.model.reg_max)
-        self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        self.val_map = map_metric()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(images)

@@ -56,10 +56,11 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
         return load_detector(path, num_classes, image_size, kwargs).eval()
 
     log.info("No cached detector at %s: pretraining one (%d epochs).", path, train["epochs"])
-    module = _pretrain(datamodule, kwargs, train, path.with_suffix(".training"), dict(trainer_kwargs or {}))
+    work_dir = path.with_suffix(".training")  # Lightning checkpoints, so an interrupted run resumes
+    module = _pretrain(datamodule, kwargs, train, work_dir, dict(trainer_kwargs or {}))
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith("val/")}
     save_detector(module.model, path, kwargs, datamodule.class_names, metrics)
-    shutil.rmtree(path.with_suffix(".training"), ignore_errors=True)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return module.model.eval()
 
 

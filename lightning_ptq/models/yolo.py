@@ -135,8 +135,9 @@ class YOLO(nn.Module):
         self.down4 = ConvBNAct(w[3], w[3], 3, 2)
         self.bottom_up5 = C2f(w[3] + w[4], w[4], d[3])
         self.head = DetectHead((w[2], w[3], w[4]), num_classes, reg_max, image_size)
-        self.register_buffer("anchors", make_anchors(image_size)[0], persistent=False)
-        self.register_buffer("anchor_strides", make_anchors(image_size)[1], persistent=False)
+        anchors, anchor_strides = make_anchors(image_size)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.register_buffer("anchor_strides", anchor_strides, persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         p3 = self.stage3(self.stem(x))

@@ -37,16 +37,22 @@ def _log_levels(d: torch.Tensor, log2_s: torch.Tensor, k: torch.Tensor, levels: 
 
     Values below half of the smallest level go to 0; the rest are rounded in log space.
     """
-    s = torch.exp2(log2_s)
-    u = k * (torch.log2(d.clamp_min(_TINY)) - log2_s) + levels  # psi(d)
-    code = round_ste(u)
+    code = round_ste(_psi(d, log2_s, k, levels))
     # Gradients pass where the code is on the grid; clipped values only teach s and k.
     inside = (code >= 1) & (code <= levels)
     code = torch.where(inside, code, code.detach().clamp(1, levels))
-    d_hat = s * torch.exp2((code - levels) / k)
-    smallest = s * torch.exp2((1 - levels) / k)
+    d_hat = torch.exp2(log2_s) * torch.exp2((code - levels) / k)
     zero = d - d.detach()  # value 0, gradient 1 (straight-through)
-    return torch.where(d < smallest / 2, zero, d_hat)
+    return torch.where(d < _smallest_level(log2_s, k, levels) / 2, zero, d_hat)
+
+
+def _psi(d: torch.Tensor, log2_s: torch.Tensor, k: torch.Tensor, levels: int) -> torch.Tensor:
+    """The log-affine transform ``k * log2(d / s) + L``: level ``j`` sits at ``psi = j``."""
+    return k * (torch.log2(d.clamp_min(_TINY)) - log2_s) + levels
+
+
+def _smallest_level(log2_s: torch.Tensor, k: torch.Tensor, levels: int) -> torch.Tensor:
+    return torch.exp2(log2_s) * torch.exp2((1 - levels) / k)
 
 
 class LogAffineQuantizer(QuantizerBase):
@@ -92,28 +98,30 @@ class LogAffineQuantizer(QuantizerBase):
         d_down = _log_levels(d, self.log2_s[1].reshape(shape), k[1].reshape(shape), self.levels)
         return mu + torch.where(above, d_up, -d_down)
 
+    def _side_params(self, below: torch.Tensor, shape: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log2_s`` and ``k`` of the side each element is on (``below``: under ``mu``)."""
+        log2_s = torch.where(below, self.log2_s[1].reshape(shape), self.log2_s[0].reshape(shape))
+        log2_k = torch.where(below, self.log2_k[1].reshape(shape), self.log2_k[0].reshape(shape))
+        return log2_s, torch.exp2(log2_k)
+
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """``L + j`` above ``mu``, ``L - j`` below (``j = 1..L``), ``L`` for the zero level."""
         shape = self._param_shape(x)
-        mu, k = self.mu.reshape(shape), torch.exp2(self.log2_k)
+        mu = self.mu.reshape(shape)
         above = x >= mu
-        log2_s = torch.where(above, self.log2_s[0].reshape(shape), self.log2_s[1].reshape(shape))
-        k = torch.where(above, k[0].reshape(shape), k[1].reshape(shape))
+        log2_s, k = self._side_params(~above, shape)
         d = (x - mu).abs()
-        j = torch.round(k * (torch.log2(d.clamp_min(_TINY)) - log2_s) + self.levels).clamp(1, self.levels)
-        smallest = torch.exp2(log2_s + (1 - self.levels) / k)
-        j = torch.where(d < smallest / 2, torch.zeros_like(j), j)
+        j = torch.round(_psi(d, log2_s, k, self.levels)).clamp(1, self.levels)
+        j = torch.where(d < _smallest_level(log2_s, k, self.levels) / 2, torch.zeros_like(j), j)
         return (self.levels + torch.where(above, j, -j)).to(torch.int64)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         shape = self._param_shape(codes)
         signed = codes.float() - self.levels
-        side = (signed < 0).long()  # 0: above mu, 1: below
-        log2_s = torch.where(side == 0, self.log2_s[0].reshape(shape), self.log2_s[1].reshape(shape))
-        k = torch.exp2(torch.where(side == 0, self.log2_k[0].reshape(shape), self.log2_k[1].reshape(shape)))
-        d = torch.exp2(log2_s + (signed.abs() - self.levels) / k)
+        log2_s, k = self._side_params(signed < 0, shape)
+        d = torch.exp2(log2_s) * torch.exp2((signed.abs() - self.levels) / k)
         return self.mu.reshape(shape) + torch.where(signed == 0, torch.zeros_like(d), signed.sign() * d)
 
     # -- initialisation ------------------------------------------------------------------------

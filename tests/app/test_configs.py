@@ -4,21 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lightning_ptq.app import check_calib_config
-from lightning_ptq.hydra_setup import config_dir, recipe_names, register_recipes
+from lightning_ptq.hydra_setup import compose_config, recipe_names
 from lightning_ptq.quant import QuantConfig
-
-register_recipes()
-
-
-def _compose(overrides=()):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def test_recipes_exist():
@@ -27,7 +19,7 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", recipe_names())
 def test_every_recipe_composes_and_validates(recipe, tmp_path):
-    cfg = _compose([f"+recipe={recipe}", f"cache_dir={tmp_path}", "logger=none"])
+    cfg = compose_config([f"+recipe={recipe}", f"cache_dir={tmp_path}", "logger=none"])
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
     w, a = recipe.rsplit("_", 1)[1][1:].split("a")
     assert (qcfg.w_bits, qcfg.a_bits) == (int(w), int(a))
@@ -38,7 +30,7 @@ def test_every_recipe_composes_and_validates(recipe, tmp_path):
 
 def test_logger_config_instantiates_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = _compose(["+recipe=yolo_w4a4"])
+    cfg = compose_config(["+recipe=yolo_w4a4"])
     node = OmegaConf.to_container(cfg.logger)
     node["save_dir"] = str(tmp_path)  # ${hydra:...} only resolves inside a Hydra run
     logger = instantiate(node)
@@ -48,7 +40,7 @@ def test_logger_config_instantiates_offline(tmp_path, monkeypatch):
 
 def test_unknown_recipe_lists_the_available_ones():
     with pytest.raises(MissingConfigException, match=r"Could not find 'recipe/yolo_w3a3'[\s\S]*yolo_w4a4"):
-        _compose(["+recipe=yolo_w3a3"])
+        compose_config(["+recipe=yolo_w3a3"])
 
 
 @pytest.mark.parametrize(
@@ -60,7 +52,7 @@ def test_unknown_recipe_lists_the_available_ones():
     ],
 )
 def test_bad_quant_values(override, message):
-    cfg = _compose(["+recipe=yolo_w4a4", override])
+    cfg = compose_config(["+recipe=yolo_w4a4", override])
     with pytest.raises(ValueError, match=message):
         QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
 
@@ -76,7 +68,7 @@ def test_bad_quant_values(override, message):
 )
 def test_bad_calib_values(override, message):
     with pytest.raises(ValueError, match=message):
-        check_calib_config(_compose([override]).calib)
+        check_calib_config(compose_config([override]).calib)
 
 
 def test_cli_reports_bad_bit_width_before_any_work(tmp_path):

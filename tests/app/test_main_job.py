@@ -6,17 +6,15 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lightning_ptq.app import run
 from lightning_ptq.calib import EmptyCalibrationError
 from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError
-from lightning_ptq.hydra_setup import config_dir, register_recipes
+from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.models import CheckpointMismatchError, CorruptCheckpointError
 from lightning_ptq.quant import LayerPatternError, quantized_layers
 
-register_recipes()
 
 # Tiny everything: 16 train images, a 1/8-width model trained one epoch, 3 calibration steps.
 TINY = [
@@ -28,8 +26,7 @@ TINY = [
 
 
 def tiny_cfg(cache_dir, *overrides):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("config", overrides=["+recipe=yolo_w4a4", f"cache_dir={cache_dir}", *TINY, *overrides])
+    return compose_config(["+recipe=yolo_w4a4", f"cache_dir={cache_dir}", *TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
