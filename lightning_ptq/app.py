@@ -23,8 +23,8 @@ from .data import (
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
 from .models import (
-    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, YOLOAdapter, detect,
-    evaluate_detections, pretrained_detector,
+    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
+    pretrained_detector,
 )
 from .quant import ConfigError, LayerPatternError, QuantConfig, quantize
 from .report import plot_detections, results_table, table_rows
@@ -60,9 +60,10 @@ def check_calib_config(calib: DictConfig) -> None:
 
 
 def calibration_loss(calib: DictConfig, fp_model):
-    """The distillation loss named by ``calib.loss``."""
+    """The distillation loss named by ``calib.loss``; FGL reads the outputs through the detector's
+    own adapter (every family has one)."""
     if calib.loss == "fgl":
-        return FilteredGlobalLoss(YOLOAdapter(fp_model), **calib.fgl)
+        return FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
     return OutputMSE()
 
 

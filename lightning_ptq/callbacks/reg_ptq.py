@@ -12,7 +12,7 @@ from .quantization import QuantizationCallback
 HEAD_PATTERNS: dict[str, tuple[str, ...]] = {
     "yolo": ("head.*",),                                   # lightning_ptq.models.YOLO
     "retinanet": ("head.classification_head.*", "head.regression_head.*"),  # torchvision RetinaNet
-    "fcos": ("head.classification_head.*", "head.regression_head.*"),       # torchvision FCOS
+    "fcos": ("head.classification_head.*", "head.regression_head.*"),       # torchvision FCOS, models.FCOSNet
 }
 
 

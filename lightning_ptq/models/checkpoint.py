@@ -1,8 +1,9 @@
 """Saving and loading detector checkpoints safely (``weights_only=True``), with clear errors.
 
 Our own file is a plain dict: ``{"format", "model_kwargs", "num_classes", "image_size",
-"class_names", "state_dict", "metrics"}``. A user may also give a Lightning checkpoint of a
-module holding the detector as ``model`` or a bare state_dict.
+"class_names", "state_dict", "metrics"}``, where ``format`` names the detector family
+(``lightning_ptq.<family>/1``, see :func:`checkpoint_format`). A user may also give a Lightning
+checkpoint of a module holding the detector as ``model`` or a bare state_dict.
 """
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_torch_save
-from .yolo import YOLO
-
-FORMAT = "lightning_ptq.yolo/1"
+from .detector import DETECTORS, build_detector
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -31,12 +30,18 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's weights do not fit the configured model."""
 
 
-def save_detector(model: YOLO, path: str | os.PathLike, model_kwargs: dict, class_names: list[str],
+def checkpoint_format(family: str) -> str:
+    """The ``format`` of our checkpoints of a ``family`` detector (a key of ``DETECTORS``)."""
+    return f"lightning_ptq.{family}/1"
+
+
+def save_detector(model: nn.Module, path: str | os.PathLike, model_kwargs: dict, class_names: list[str],
                   metrics: dict | None = None) -> Path:
-    """Write ``model`` with what is needed to rebuild it; atomic (a crash leaves no half file)."""
+    """Write ``model`` (any family of ``DETECTORS``) with what is needed to rebuild it; atomic (a
+    crash leaves no half file)."""
     payload = {
-        "format": FORMAT, "model_kwargs": dict(model_kwargs), "num_classes": model.num_classes,
-        "image_size": model.image_size, "class_names": list(class_names),
+        "format": checkpoint_format(model.family), "model_kwargs": dict(model_kwargs),
+        "num_classes": model.num_classes, "image_size": model.image_size, "class_names": list(class_names),
         "state_dict": model.state_dict(), "metrics": dict(metrics or {}),
     }
     return atomic_torch_save(payload, path)
@@ -85,25 +90,34 @@ def _state_dict_of(payload: dict, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_detector(path: str | os.PathLike, num_classes: int, image_size: int, model_kwargs: dict) -> YOLO:
-    """Build a :class:`YOLO` and load the checkpoint at ``path`` into it.
+def load_detector(path: str | os.PathLike, num_classes: int, image_size: int, model_kwargs: dict,
+                  name: str = "yolo") -> nn.Module:
+    """Build a detector of family ``name`` and load the checkpoint at ``path`` into it.
 
-    Architecture settings stored in our own checkpoints win over ``model_kwargs``; a number of
-    classes or image size that disagrees with the data is an error, as are missing, unexpected
-    or wrongly shaped weights.
+    Architecture settings stored in our own checkpoints win over ``model_kwargs``; our checkpoint
+    of another family, a number of classes or image size that disagrees with the data is an
+    error, as are missing, unexpected or wrongly shaped weights.
     """
     path = Path(path)
     payload = read_checkpoint(path)
-    if payload.get("format") == FORMAT:
+    families = {checkpoint_format(family): family for family in DETECTORS}
+    family = families.get(payload.get("format"))
+    if family is not None and family != name:
+        raise CheckpointMismatchError(
+            f"Checkpoint {path} holds a {family} detector (format {payload['format']!r}) but model.name={name!r}. "
+            f"Use it with model.name={family} (and that family's model config), or give a {name} "
+            f"checkpoint, or set model.checkpoint=null to pretrain one."
+        )
+    if family is not None:
         model_kwargs = payload["model_kwargs"]
-        for name, ours, data in (("num_classes", payload["num_classes"], num_classes),
-                                 ("image_size", payload["image_size"], image_size)):
+        for key, ours, data in (("num_classes", payload["num_classes"], num_classes),
+                                ("image_size", payload["image_size"], image_size)):
             if ours != data:
                 raise CheckpointMismatchError(
-                    f"Checkpoint {path} was trained with {name}={ours} but the data has {name}={data}. "
+                    f"Checkpoint {path} was trained with {key}={ours} but the data has {key}={data}. "
                     f"Use a checkpoint trained on this data, or set model.checkpoint=null to pretrain one."
                 )
-    model = YOLO(num_classes, image_size=image_size, **model_kwargs)
+    model = build_detector(name, num_classes, image_size, model_kwargs)
     _load_strict(model, _state_dict_of(payload, path), path, model_kwargs)
     return model
 
@@ -121,8 +135,9 @@ def _load_strict(model: nn.Module, state: dict, path: Path, model_kwargs: dict) 
             if items
         )
         raise CheckpointMismatchError(
-            f"Checkpoint {path} does not fit the configured detector (num_classes={model.num_classes}, "
-            f"model.kwargs={model_kwargs}): {detail}. Set model.kwargs and the data to what the "
-            f"checkpoint was trained with, or use model.checkpoint=null to pretrain one."
+            f"Checkpoint {path} does not fit the configured detector (model.name={model.family}, "
+            f"num_classes={model.num_classes}, model.kwargs={model_kwargs}): {detail}. Set model.name, "
+            f"model.kwargs and the data to what the checkpoint was trained with, or use "
+            f"model.checkpoint=null to pretrain one."
         )
     model.load_state_dict(state)

@@ -1,10 +1,19 @@
-"""Training, inference and mAP evaluation of a detector, on any model with YOLO-style outputs.
+"""The detector families, and training, inference and mAP evaluation of any of them.
 
-``detect`` and ``evaluate_detections`` only need the model to return ``{"cls", "box"}`` logits
-and to carry ``anchors``, ``anchor_strides`` and ``reg_max`` (the float :class:`YOLO` and its
-quantized copy both do), so FP and quantized models go through the very same post-processing.
+A detector here is an ``nn.Module`` whose ``forward(images)`` returns raw outputs (logits: every
+conv, head included, can be quantized while everything after it stays float) and which has
+
+* ``postprocess(outputs, conf_thr, iou_thr, max_det)`` -> per image ``{"boxes", "scores", "labels"}``;
+* ``adapter()`` -> its :class:`~lightning_ptq.calib.fgl.DetectorAdapter` (for the FGL loss);
+* ``compute_loss(images, targets)`` -> ``(loss, parts)``, its own training loss;
+* ``num_classes``, ``image_size`` and ``family`` (a key of :data:`DETECTORS`).
+
+A quantized copy (:func:`lightning_ptq.quantize` deep-copies) keeps the methods and buffers, so
+FP and quantized models go through the very same post-processing.
 """
 from __future__ import annotations
+
+import inspect
 
 import lightning as L
 import torch
@@ -12,8 +21,24 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
-from .yolo import YOLO, postprocess
-from .yolo_loss import YOLOLoss
+from ..quant.config import ConfigError
+from .fcos import FCOSNet
+from .yolo import YOLO
+
+DETECTORS: dict[str, type[nn.Module]] = {"yolo": YOLO, "fcos": FCOSNet}
+
+
+def build_detector(name: str, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
+    """The ``name`` family's network (random init) for ``num_classes`` and ``image_size``, with
+    the architecture settings ``kwargs`` (``model.kwargs``)."""
+    if name not in DETECTORS:
+        raise ConfigError(f"model.name={name!r} is unknown: choose one of {', '.join(DETECTORS)}.")
+    cls = DETECTORS[name]
+    allowed = [p for p in inspect.signature(cls).parameters if p not in ("num_classes", "image_size")]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model.kwargs has unknown keys {unknown} for model.name={name}: allowed are {allowed}.")
+    return cls(num_classes, image_size=image_size, **kwargs)
 
 
 @torch.no_grad()
@@ -25,7 +50,7 @@ def detect(model: nn.Module, images: torch.Tensor, conf_thr: float = 0.001, iou_
     device = next(model.parameters()).device
     outputs = model(images.to(device))
     model.train(was_training)
-    return postprocess(outputs, model.anchors, model.anchor_strides, model.reg_max, conf_thr, iou_thr, max_det)
+    return model.postprocess(outputs, conf_thr=conf_thr, iou_thr=iou_thr, max_det=max_det)
 
 
 def map_metric() -> MeanAveragePrecision:
@@ -49,16 +74,16 @@ def evaluate_detections(model: nn.Module, loader, conf_thr: float = 0.001, iou_t
 
 
 class DetectorModule(L.LightningModule):
-    """Lightning wrapper that trains a :class:`YOLO` from scratch (AdamW, warm-up + cosine,
-    random flips) and reports validation mAP after each epoch."""
+    """Lightning wrapper that trains a detector of family ``name`` (see :data:`DETECTORS`) from
+    scratch with its own loss (AdamW, warm-up + cosine, random flips) and reports validation mAP
+    after each epoch."""
 
     def __init__(self, num_classes: int, image_size: int = 128, model_kwargs: dict | None = None,
                  lr: float = 2e-3, weight_decay: float = 5e-4, warmup_fraction: float = 0.05,
-                 flip: bool = True):
+                 flip: bool = True, name: str = "yolo"):
         super().__init__()
         self.save_hyperparameters()
-        self.model = YOLO(num_classes, image_size=image_size, **(model_kwargs or {}))
-        self.loss = YOLOLoss(self.model.reg_max)
+        self.model = build_detector(name, num_classes, image_size, dict(model_kwargs or {}))
         self.val_map = map_metric()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,7 +93,7 @@ class DetectorModule(L.LightningModule):
         images, targets = batch
         if self.hparams.flip:
             images, targets = random_flips(images, targets)
-        loss, parts = self.loss(self.model(images), targets, self.model.anchors, self.model.anchor_strides)
+        loss, parts = self.model.compute_loss(images, targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=len(images))
         return loss
@@ -85,7 +110,7 @@ class DetectorModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # BN and biases
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # norm layers and biases
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr)

@@ -16,48 +16,49 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import detection_collate
 from ..quant.config import ConfigError
 from .checkpoint import load_detector, save_detector
-from .detector import DetectorModule
-from .yolo import YOLO
+from .detector import DETECTORS, DetectorModule
 
 log = logging.getLogger(__name__)
 
-MODELS = ("yolo",)
+MODELS = tuple(DETECTORS)  # model.name: the detector families
 TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 5e-4, "val_every": 4, "seed": 0}
 
 
 def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
-                        trainer_kwargs: Mapping | None = None) -> YOLO:
+                        trainer_kwargs: Mapping | None = None) -> nn.Module:
     """The FP detector for ``datamodule``'s classes and image size, in eval mode.
 
-    ``model_cfg``: ``name`` (``yolo``), ``checkpoint`` (a file, or None for the default),
-    ``kwargs`` (architecture, see :class:`YOLO`), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
+    ``model_cfg``: ``name`` (one of :data:`MODELS`), ``checkpoint`` (a file, or None for the
+    default), ``kwargs`` (architecture, see :class:`~lightning_ptq.models.YOLO` and
+    :class:`~lightning_ptq.models.FCOSNet`), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
     ``trainer_kwargs``: Lightning Trainer settings (accelerator, devices, precision, progress bar).
     """
     if model_cfg["name"] not in MODELS:
         raise ConfigError(f"model.name={model_cfg['name']!r} is unknown: choose one of {', '.join(MODELS)}.")
-    kwargs = dict(model_cfg.get("kwargs") or {})
+    name, kwargs = model_cfg["name"], dict(model_cfg.get("kwargs") or {})
     num_classes, image_size = datamodule.num_classes, datamodule.image_size
     if model_cfg.get("checkpoint"):
-        return load_detector(model_cfg["checkpoint"], num_classes, image_size, kwargs).eval()
+        return load_detector(model_cfg["checkpoint"], num_classes, image_size, kwargs, name).eval()
 
     train = {**TRAIN_DEFAULTS, **dict(model_cfg.get("train") or {})}
     unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
     if unknown:
         raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
     key = cache_key(kwargs, train, num_classes, image_size, datamodule)
-    path = Path(cache_dir) / f"{model_cfg['name']}-{key}.pt"
+    path = Path(cache_dir) / f"{name}-{key}.pt"
     if path.is_file():
         log.info("Using the cached pretrained detector %s", path)
-        return load_detector(path, num_classes, image_size, kwargs).eval()
+        return load_detector(path, num_classes, image_size, kwargs, name).eval()
 
     log.info("No cached detector at %s: pretraining one (%d epochs).", path, train["epochs"])
     work_dir = path.with_suffix(".training")  # Lightning checkpoints, so an interrupted run resumes
-    module = _pretrain(datamodule, kwargs, train, work_dir, dict(trainer_kwargs or {}))
+    module = _pretrain(datamodule, name, kwargs, train, work_dir, dict(trainer_kwargs or {}))
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith("val/")}
     save_detector(module.model, path, kwargs, datamodule.class_names, metrics)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -75,10 +76,11 @@ def cache_key(kwargs: dict, train: dict, num_classes: int, image_size: int, data
     return digest.hexdigest()[:12]
 
 
-def _pretrain(datamodule, kwargs: dict, train: dict, work_dir: Path, trainer_kwargs: dict) -> DetectorModule:
+def _pretrain(datamodule, name: str, kwargs: dict, train: dict, work_dir: Path,
+              trainer_kwargs: dict) -> DetectorModule:
     L.seed_everything(train["seed"], verbose=False)
     module = DetectorModule(datamodule.num_classes, datamodule.image_size, kwargs,
-                            lr=train["lr"], weight_decay=train["weight_decay"])
+                            lr=train["lr"], weight_decay=train["weight_decay"], name=name)
     loader = DataLoader(datamodule.dataset("train"), batch_size=train["batch_size"], shuffle=True,
                         num_workers=datamodule.num_workers, collate_fn=detection_collate, drop_last=True,
                         persistent_workers=datamodule.num_workers > 0)

@@ -7,7 +7,8 @@ head included — can be quantized while everything after it stays float:
   over the A anchor points of the three levels (strides 8, 16, 32), concatenated level by level;
 * :func:`decode_boxes` turns DFL logits into boxes (softmax over the ``reg_max`` bins of each side,
   expectation = distance in strides from the anchor point);
-* :func:`postprocess` applies sigmoid, score threshold and torchvision's batched NMS.
+* :func:`postprocess` (also :meth:`YOLO.postprocess`) applies sigmoid, score threshold and
+  torchvision's batched NMS.
 """
 from __future__ import annotations
 
@@ -111,6 +112,8 @@ class YOLO(nn.Module):
     """YOLOv8-style detector. ``width_mult`` / ``depth_mult`` scale YOLOv8's channels (64..1024)
     and block counts (3, 6, 6, 3) as the n/s/m variants do (nano: 0.25 / 0.33)."""
 
+    family = "yolo"
+
     def __init__(self, num_classes: int, width_mult: float = 0.25, depth_mult: float = 0.33,
                  reg_max: int = 8, image_size: int = 128, max_channels: int = 1024):
         super().__init__()
@@ -148,6 +151,22 @@ class YOLO(nn.Module):
         n4 = self.bottom_up4(torch.cat([self.down3(n3), t4], 1))
         n5 = self.bottom_up5(torch.cat([self.down4(n4), p5], 1))
         return self.head([n3, n4, n5])
+
+    def postprocess(self, outputs: dict[str, torch.Tensor], conf_thr: float = 0.001, iou_thr: float = 0.6,
+                    max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+        """Raw outputs -> per image boxes, scores and labels: :func:`postprocess` with this model's anchors."""
+        return postprocess(outputs, self.anchors, self.anchor_strides, self.reg_max, conf_thr, iou_thr, max_det)
+
+    def adapter(self) -> YOLOAdapter:
+        """What the filtered global loss reads these outputs through."""
+        return YOLOAdapter(self)
+
+    def compute_loss(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """YOLOv8's training loss (:class:`~lightning_ptq.models.yolo_loss.YOLOLoss`) on ``images``
+        and ``targets`` (``boxes`` xyxy px, ``labels``): (total, parts)."""
+        from .yolo_loss import YOLOLoss  # yolo_loss imports this module (decode_boxes)
+
+        return YOLOLoss(self.reg_max)(self(images), targets, self.anchors, self.anchor_strides)
 
 
 def make_anchors(image_size: int, strides=STRIDES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +223,8 @@ class YOLOAdapter:
     DFL-decoded boxes (float, differentiable) per anchor point."""
 
     def __init__(self, model: YOLO):
-        self.anchors, self.strides, self.reg_max = model.anchors, model.anchor_strides, model.reg_max
+        self.model = model  # read at call time: anchors follow the model to its device
 
     def __call__(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return outputs["cls"], decode_boxes(outputs["box"], self.anchors, self.strides, self.reg_max)
+        m = self.model
+        return outputs["cls"], decode_boxes(outputs["box"], m.anchors, m.anchor_strides, m.reg_max)

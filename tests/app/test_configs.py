@@ -14,7 +14,7 @@ from lightning_ptq.quant import QuantConfig
 
 
 def test_recipes_exist():
-    assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8"} <= set(recipe_names())
+    assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8", "fcos_w4a4", "fcos_w4a8", "fcos_w8a8"} <= set(recipe_names())
 
 
 @pytest.mark.parametrize("recipe", recipe_names())

@@ -77,6 +77,24 @@ def test_every_conv_including_the_head_is_quantized(cache_dir):
     assert "stem.0.conv" in convs and "head.box.2.2" in convs and "head.cls.0.2" in convs
 
 
+def test_fcos_end_to_end_with_the_filtered_global_loss(cache_dir, tmp_path):
+    """model=fcos_r18 through the same job: pretrained with torchvision's loss and cached under its
+    own name, every conv quantized (head included), calibrated with FGL through the FCOS adapter."""
+    tiny = [o for o in TINY if not o.startswith("model.kwargs.")]
+    cfg = compose_config([
+        "+recipe=fcos_w4a4", f"cache_dir={cache_dir}", *tiny, "data.image_size=64",
+        "model.kwargs.fpn_channels=32", "model.kwargs.num_convs=1", "calib.steps=2", "calib.loss=fgl",
+        "quant.w_init=minmax",  # the MSE range search over ResNet-18's 11.7 M weights alone takes ~30 s
+    ])
+    results = run(cfg, tmp_path)
+    assert (results["w_bits"], results["a_bits"]) == (4, 4) and 0.0 <= results["quant.map"] <= 1.0
+    assert results["size_ratio"] > 6
+    assert len(list((cache_dir / "models").glob("fcos-*.pt"))) == 1
+    state = torch.load(tmp_path / "quantized_state_dict.pt", weights_only=True)
+    for layer in ("backbone.body.conv1", "head.classification_head.cls_logits", "head.regression_head.bbox_reg"):
+        assert any(k.startswith(f"{layer}.") and "quant" in k for k in state), layer
+
+
 def test_wandb_offline_run_files(cache_dir, tmp_path):
     cfg = tiny_cfg(cache_dir, "logger=wandb", f"logger.save_dir={tmp_path}", "calib.steps=1")
     run(cfg, tmp_path)

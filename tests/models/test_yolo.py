@@ -81,6 +81,9 @@ class OracleDetector(nn.Module):
                 box[i, anchor] = _peaked_logits(torch.tensor(ltrb), self.reg_max)
         return {"cls": cls, "box": box}
 
+    def postprocess(self, outputs, conf_thr=0.001, iou_thr=0.6, max_det=100):
+        return postprocess(outputs, self.anchors, self.anchor_strides, self.reg_max, conf_thr, iou_thr, max_det)
+
 
 def _box(model, anchor, ltrb):
     (x, y), s = model.anchors[anchor].tolist(), model.anchor_strides[anchor].item()
