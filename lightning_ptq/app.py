@@ -15,7 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from .calib import EmptyCalibrationError, FilteredGlobalLoss, NonFiniteLossError, OutputMSE, calibrate
+from .calib import (
+    EmptyCalibrationError, FilteredGlobalLoss, NonFiniteCalibrationError, NonFiniteLossError, OutputMSE, calibrate,
+)
 from .data import (
     AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
     MalformedAnnotationError, NotAGeneratedDatasetError,
@@ -38,7 +40,7 @@ LOSSES = ("output_mse", "fgl")
 USER_ERRORS = (
     ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
     MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
-    CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteLossError,
+    CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
 )
 
 
@@ -57,6 +59,17 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
     if calib.lr <= 0:
         raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
+    if not 0.0 <= calib.drop_prob < 1.0:
+        raise ConfigError(f"calib.drop_prob={calib.drop_prob!r} must lie in [0, 1).")
+    recon = calib.recon
+    if not isinstance(recon.steps, int) or recon.steps < 0:
+        raise ConfigError(f"calib.recon.steps={recon.steps!r} must be an integer >= 0 (0: no block reconstruction).")
+    if not 0.0 <= recon.drop_prob < 1.0:
+        raise ConfigError(f"calib.recon.drop_prob={recon.drop_prob!r} must lie in [0, 1).")
+    if recon.lr <= 0:
+        raise ConfigError(f"calib.recon.lr={recon.lr!r} must be > 0.")
+    if not isinstance(recon.max_layers, int) or recon.max_layers < 1:
+        raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
 
 
 def calibration_loss(calib: DictConfig, fp_model):
@@ -100,6 +113,7 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
     calibrate(
         fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
         num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
+        recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
         trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
                             accelerator=trainer.accelerator, devices=trainer.devices),
     )

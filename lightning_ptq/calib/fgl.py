@@ -6,7 +6,17 @@ boxes nobody keeps. FGL keeps an anchor when the teacher is confident about it (
 > ``conf_thr``) or when the student's box already overlaps the teacher's (IoU > ``iou_thr``);
 on the kept anchors it adds a classification term (BCE of the student's logits against the
 teacher's scores) and ``lambda_reg`` times a box term (GIoU or scale-normalised L1 between student
-and teacher boxes). Nothing else enters the loss.
+and teacher boxes). Nothing else enters the filtered terms.
+
+Two readings of the source differ, so both are settings: the patent keeps the *union* of the
+confident and the overlapping anchors and filters both terms; the published paper (Reg-PTQ) keeps
+their *intersection* and filters only the box term, the classification term covering every anchor
+(``combine="intersection", filter_cls=False``).
+
+"Joint" calibration (the patent's 联合校准) adds ``lambda_local`` times a dense output-
+reconstruction term (:class:`OutputMSE` over the raw outputs): the filtered terms say which boxes
+matter, the dense term keeps the rest of the output (and hence the NMS ranking of background
+anchors) from drifting while the scales move. ``lambda_local=0`` gives the filtered loss alone.
 
 The loss reaches the model's outputs only through a :class:`DetectorAdapter`, so any detector
 that can say "these are my per-anchor class logits and boxes" can use it.
@@ -21,10 +31,12 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 from ..quant.config import ConfigError
+from .losses import OutputMSE
 
 log = logging.getLogger(__name__)
 
 REG_LOSSES = ("giou", "l1")
+COMBINES = ("union", "intersection")
 
 
 class DetectorAdapter(Protocol):
@@ -56,16 +68,22 @@ class FilteredGlobalLoss:
     name = "fgl"
 
     def __init__(self, adapter: DetectorAdapter, conf_thr: float = 0.3, iou_thr: float = 0.5,
-                 lambda_reg: float = 1.0, reg_loss: str = "giou"):
+                 lambda_reg: float = 1.0, reg_loss: str = "giou", lambda_local: float = 0.0,
+                 combine: str = "union", filter_cls: bool = True):
         for key, value in (("conf_thr", conf_thr), ("iou_thr", iou_thr)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{key}={value!r} must lie in [0, 1].")
-        if float(lambda_reg) < 0:
-            raise ConfigError(f"lambda_reg={lambda_reg!r} must be >= 0.")
+        for key, value in (("lambda_reg", lambda_reg), ("lambda_local", lambda_local)):
+            if float(value) < 0:
+                raise ConfigError(f"{key}={value!r} must be >= 0.")
         if reg_loss not in REG_LOSSES:
             raise ConfigError(f"reg_loss={reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
+        if combine not in COMBINES:
+            raise ConfigError(f"combine={combine!r} is unknown: choose one of {', '.join(COMBINES)}.")
         self.adapter, self.conf_thr, self.iou_thr = adapter, float(conf_thr), float(iou_thr)
         self.lambda_reg, self.reg_loss = float(lambda_reg), reg_loss
+        self.lambda_local, self._local = float(lambda_local), OutputMSE()
+        self.combine, self.filter_cls = combine, bool(filter_cls)
         self.fallback_batches = 0
 
     def __call__(self, student_out, teacher_out) -> tuple[torch.Tensor, dict[str, float]]:
@@ -73,17 +91,25 @@ class FilteredGlobalLoss:
         with torch.no_grad():
             t_logits, t_boxes = self.adapter(teacher_out)
             t_scores = t_logits.float().sigmoid()
-            keep = (t_scores.amax(-1) > self.conf_thr) | (paired_iou(s_boxes.detach(), t_boxes) > self.iou_thr)
+            confident = t_scores.amax(-1) > self.conf_thr
+            overlapping = paired_iou(s_boxes.detach(), t_boxes) > self.iou_thr
+            keep = confident | overlapping if self.combine == "union" else confident & overlapping
         if not keep.any():
             self.fallback_batches += 1
             log.warning("FGL: no box passed the filter (conf_thr=%s, iou_thr=%s) in this batch; using all "
                         "boxes for it (%d such batches so far).", self.conf_thr, self.iou_thr, self.fallback_batches)
             keep = torch.ones_like(keep)
-        cls = F.binary_cross_entropy_with_logits(s_logits[keep].float(), t_scores[keep])
+        cls_keep = keep if self.filter_cls else torch.ones_like(keep)
+        cls = F.binary_cross_entropy_with_logits(s_logits[cls_keep].float(), t_scores[cls_keep])
         reg = self._reg(s_boxes[keep].float(), t_boxes[keep].float())
         loss = cls + self.lambda_reg * reg
-        return loss, {"cls": cls.item(), "reg": reg.item(), "kept": float(keep.sum()),
-                      "fallback_batches": float(self.fallback_batches)}
+        parts = {"cls": cls.item(), "reg": reg.item(), "kept": float(keep.sum()),
+                 "fallback_batches": float(self.fallback_batches)}
+        if self.lambda_local > 0:
+            local, _ = self._local(student_out, teacher_out)
+            loss = loss + self.lambda_local * local
+            parts["local"] = local.item()
+        return loss, parts
 
     def _reg(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.reg_loss == "giou":

@@ -3,14 +3,20 @@ calibration images, and only the student's quantizer parameters learn from a dis
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import nn
 
+from ..io import atomic_torch_save
+from ..quant.fold import flatten_tensors
 from ..quant.swap import quantizer_parameters, quantizers
+from .batches import batch_inputs
 from .losses import OutputMSE
 from .observe import ForwardFn, default_forward
+
+LAST_GOOD = "last_good_quantized.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -30,6 +36,7 @@ class CalibrationModule(L.LightningModule):
         lr: Adam learning rate for scales and zero points; cosine-decayed over ``max_steps``.
         max_steps: length of the schedule (the Trainer's ``max_steps``).
         forward_fn: how to run a model on a batch (default: the input tensor of the batch).
+        failure_dir: where the student's last good state is written if the loss turns NaN / inf.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class CalibrationModule(L.LightningModule):
         lr: float = 1e-3,
         max_steps: int = 200,
         forward_fn: ForwardFn = default_forward,
+        failure_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0 or max_steps < 1:
@@ -47,6 +55,7 @@ class CalibrationModule(L.LightningModule):
         self.teacher, self.student = teacher, student
         self.loss = loss or OutputMSE()
         self.lr, self.max_steps, self.forward_fn = lr, max_steps, forward_fn
+        self.failure_dir = Path(failure_dir) if failure_dir else None
         self.teacher.requires_grad_(False)
         for p in self.student.parameters():
             p.requires_grad_(False)
@@ -65,22 +74,30 @@ class CalibrationModule(L.LightningModule):
         student_out = self.forward_fn(self.student, batch)
         loss, parts = self.loss(student_out, teacher_out)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(self._non_finite_message(loss))
+            raise NonFiniteLossError(self._non_finite_message(loss, batch))
         self.log("calib/loss", loss, prog_bar=True)
         for name, value in parts.items():
             self.log(f"calib/{name}", value)
         return loss
 
-    def _non_finite_message(self, loss: torch.Tensor) -> str:
-        bad = [
-            n for n, q in quantizers(self.student).items()
-            if not all(torch.isfinite(p).all() for p in q.learnable_parameters())
-        ]
-        where = f"non-finite quantizer parameters in {bad[:5]}" if bad else "all quantizer parameters are finite"
-        return (
-            f"calibration loss is {loss.item()} at step {self.global_step} ({where}). The last "
-            f"good quantizer state is in the last checkpoint; lower calib.lr or check the inputs."
-        )
+    def _non_finite_message(self, loss: torch.Tensor, batch) -> str:
+        """Say where the NaN / inf comes from and keep the last good student state on disk."""
+        bad = [n for n, q in quantizers(self.student).items()
+               if not all(torch.isfinite(p).all() for p in q.learnable_parameters())]
+        if bad:  # the previous update broke them: the periodic checkpoint is the last good state
+            where = f"non-finite quantizer parameters in {bad[:5]}"
+            kept = "the last good state is the last periodic checkpoint (last.ckpt) if checkpoint_dir was given"
+        else:  # nothing was updated with this loss yet, so the current state is still good
+            culprit = first_non_finite_module(self.student, batch, self.forward_fn)
+            where = (f"first non-finite output in module {culprit!r}" if culprit
+                     else "re-running the batch gives finite outputs in every module: the loss itself overflowed")
+            if self.failure_dir is not None:
+                path = atomic_torch_save(self.student.state_dict(), self.failure_dir / LAST_GOOD)
+                kept = f"the last good quantized state_dict is saved in {path}"
+            else:
+                kept = "give checkpoint_dir to keep the last good state on disk"
+        return (f"calibration loss is {loss.item()} at step {self.global_step} ({where}); {kept}. "
+                f"Lower calib.lr or check the calibration images.")
 
     def configure_optimizers(self):
         params = quantizer_parameters(self.student)
@@ -91,3 +108,29 @@ class CalibrationModule(L.LightningModule):
             opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.max_steps) / self.max_steps))
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@torch.no_grad()
+def first_non_finite_module(model: nn.Module, batch, forward_fn: ForwardFn = default_forward) -> str | None:
+    """Name of the first module (in call order) whose output holds NaN or inf on ``batch``;
+    ``"<input>"`` when the batch itself does; ``None`` when every output is finite."""
+    try:
+        if not torch.isfinite(batch_inputs(batch)).all():
+            return "<input>"
+    except TypeError:  # a batch structure only forward_fn understands
+        pass
+    found: list[str] = []
+
+    def hook(name):
+        def check(module, args, out):
+            if not found and any(not torch.isfinite(t).all() for t in flatten_tensors(out) if t.is_floating_point()):
+                found.append(name)
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        forward_fn(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..quant.quantizer import NonFiniteObservationError
 from ..quant.swap import quantized_layers
 from .batches import batch_inputs
 
@@ -15,6 +16,10 @@ ForwardFn = Callable[[nn.Module, object], object]
 
 class EmptyCalibrationError(ValueError):
     """The calibration set produced no batch."""
+
+
+class NonFiniteCalibrationError(FloatingPointError):
+    """A calibration batch produced NaN or inf at a quantized layer's input."""
 
 
 def default_forward(model: nn.Module, batch) -> object:
@@ -46,7 +51,15 @@ def calibrate_ranges(
     for batch in tqdm(batches, total=num_batches, desc="calibrating ranges", disable=not progress, leave=False):
         if num_batches is not None and used >= num_batches:
             break
-        forward_fn(qmodel, batch)
+        try:
+            forward_fn(qmodel, batch)
+        except NonFiniteObservationError as err:
+            name = next(n for n, layer in layers.items() if layer.input_quant is err.quantizer)
+            raise NonFiniteCalibrationError(
+                f"calibration batch {used} gives NaN or inf at the input of layer {name!r} while its "
+                f"activation range is observed. Check the calibration images (NaN pixels, bad "
+                f"normalisation) and the float model's weights."
+            ) from err
         used += 1
     if used == 0:
         raise EmptyCalibrationError(

@@ -21,6 +21,14 @@ from .ranges import init_range
 from .ste import fake_quantize, qrange
 
 
+class NonFiniteObservationError(FloatingPointError):
+    """NaN or inf reached a quantizer while it was observing ranges (``.quantizer`` is the one)."""
+
+    def __init__(self, quantizer: "QuantizerBase") -> None:
+        super().__init__("NaN or inf among the values observed for a quantization range.")
+        self.quantizer = quantizer
+
+
 class QuantizerBase(nn.Module):
     """Modes, observation and forward shared by every fake quantizer.
 
@@ -115,6 +123,8 @@ class QuantizerBase(nn.Module):
 
     def _observe(self, x: torch.Tensor) -> None:
         rows = self._rows(x.detach()).float()
+        if not torch.isfinite(rows).all():  # one NaN would poison the range for good
+            raise NonFiniteObservationError(self)
         kept = sum(s.shape[1] for s in self._samples)
         budget = max(self.max_samples - kept, 0)
         # Exact extremes always; a random subsample of the rest for percentile / MSE searches.

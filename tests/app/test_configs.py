@@ -64,6 +64,11 @@ def test_bad_quant_values(override, message):
         ("calib.num_images=0", r"calib.num_images=0 must be a positive integer"),
         ("calib.steps=-1", r"calib.steps=-1 must be an integer >= 0"),
         ("calib.lr=0", r"calib.lr=0 must be > 0"),
+        ("calib.drop_prob=-0.1", r"calib.drop_prob=-0.1 must lie in \[0, 1\)"),
+        ("calib.recon.steps=-5", r"calib.recon.steps=-5 must be an integer >= 0"),
+        ("calib.recon.drop_prob=1.0", r"calib.recon.drop_prob=1.0 must lie in \[0, 1\)"),
+        ("calib.recon.max_layers=0", r"calib.recon.max_layers=0 must be a positive integer"),
+        ("calib.fgl.combine=both", r"calib.fgl: combine='both' is unknown: choose one of union, intersection"),
     ],
 )
 def test_bad_calib_values(override, message):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
-from lightning_ptq.calib import FilteredGlobalLoss, paired_iou
+from lightning_ptq.calib import FilteredGlobalLoss, OutputMSE, paired_iou
 from lightning_ptq.models import YOLO, YOLOAdapter, decode_boxes
 from lightning_ptq.quant import ConfigError
 
@@ -48,6 +48,17 @@ def test_keeps_confident_or_overlapping_anchors_and_matches_hand_computation():
     assert parts["kept"] == 2 and parts["cls"] == pytest.approx(cls.item()) and parts["reg"] == pytest.approx(reg.item())
 
 
+def test_paper_variant_intersects_the_filters_and_keeps_every_anchor_in_the_class_term():
+    s_logits, s_boxes, t_logits, t_boxes = _case()
+    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, combine="intersection", filter_cls=False)
+    loss, parts = loss_fn((s_logits, s_boxes), (t_logits, t_boxes))
+    keep = torch.tensor([0])  # confident and overlapping: anchor 0 only (IoU 0.82)
+    cls = F.binary_cross_entropy_with_logits(s_logits[0], t_logits[0].sigmoid())  # all four anchors
+    reg = generalized_box_iou_loss(s_boxes[0, keep], t_boxes[0, keep], reduction="mean")
+    torch.testing.assert_close(loss, cls + reg)
+    assert parts["kept"] == 1
+
+
 def test_gradients_reach_only_the_kept_anchors():
     s_logits, s_boxes, t_logits, t_boxes = _case()
     s_logits.requires_grad_(True)
@@ -56,6 +67,16 @@ def test_gradients_reach_only_the_kept_anchors():
     loss.backward()
     assert s_logits.grad[0, :2].abs().sum() > 0 and s_logits.grad[0, 2:].eq(0).all()
     assert s_boxes.grad[0, :2].abs().sum() > 0 and s_boxes.grad[0, 2:].eq(0).all()
+
+
+def test_lambda_local_adds_the_dense_output_mse_over_every_anchor():
+    s_logits, s_boxes, t_logits, t_boxes = _case()
+    student, teacher = (s_logits, s_boxes), (t_logits, t_boxes)
+    filtered, _ = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5)(student, teacher)
+    joint, parts = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, lambda_local=0.7)(student, teacher)
+    dense, _ = OutputMSE()(student, teacher)  # includes anchors 2 and 3, which the filter drops
+    torch.testing.assert_close(joint, filtered + 0.7 * dense)
+    assert parts["local"] == pytest.approx(dense.item()) and dense > 0
 
 
 def test_l1_box_term_is_relative_to_teacher_box_size():
@@ -81,7 +102,9 @@ def test_batch_with_no_surviving_box_falls_back_to_all_and_is_counted(caplog):
     ({"conf_thr": 1.5}, r"conf_thr=1.5 must lie in \[0, 1\]"),
     ({"iou_thr": -0.1}, r"iou_thr=-0.1 must lie in \[0, 1\]"),
     ({"lambda_reg": -1}, r"lambda_reg=-1 must be >= 0"),
+    ({"lambda_local": -0.5}, r"lambda_local=-0.5 must be >= 0"),
     ({"reg_loss": "iou"}, r"reg_loss='iou' is unknown: choose one of giou, l1"),
+    ({"combine": "or"}, r"combine='or' is unknown: choose one of union, intersection"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):

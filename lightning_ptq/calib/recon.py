@@ -1,0 +1,195 @@
+"""Block reconstruction (BRECQ / QDrop style): the peer toolkits' way of learning quantizers.
+
+Instead of one loss on the network's output, the quantized network is calibrated block by block
+in forward order. For each block, the float model's output of that block is the target and the
+quantized model's own input to it (earlier blocks already quantized and reconstructed) is the
+input; the block's learnable quantizer parameters are fitted to minimise the mean squared error
+between the two. As in QDrop, while a block is being fitted each of its activation quantizers is
+bypassed element-wise with probability ``drop_prob``, which makes the result flatter and
+generalise better beyond the calibration images.
+
+Blocks are found automatically (:func:`find_blocks`): the largest modules holding at most
+``max_layers`` quantized layers. A module that is called several times per forward (a head
+shared across pyramid levels) is one block fitted on all of its calls.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..io import atomic_torch_save
+from ..quant.fold import flatten_tensors
+from ..quant.layers import QuantLayerMixin
+from ..quant.swap import quantizer_parameters
+from .observe import ForwardFn, default_forward
+
+
+def _num_quant_layers(module: nn.Module) -> int:
+    return sum(isinstance(m, QuantLayerMixin) for m in module.modules())
+
+
+def find_blocks(qmodel: nn.Module, max_layers: int = 4) -> list[str]:
+    """Names of the reconstruction blocks of ``qmodel``: going down from the root, a module with
+    at most ``max_layers`` quantized layers (or a quantized layer itself) is a block; a larger one,
+    or a ModuleList / ModuleDict (which has no forward of its own), is split into its children. Blocks are returned in module order; :func:`reconstruct` fits
+    them in the order the forward pass calls them."""
+    if max_layers < 1:
+        raise ValueError(f"max_layers={max_layers!r} must be >= 1.")
+    blocks: list[str] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        count = _num_quant_layers(module)
+        if count == 0:
+            return
+        callable_block = not isinstance(module, (nn.ModuleList, nn.ModuleDict))  # containers have no forward
+        if callable_block and (count <= max_layers or isinstance(module, QuantLayerMixin)):
+            blocks.append(name)
+            return
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", qmodel)
+    if blocks == [""]:  # the whole model is one block: name it by its children instead
+        blocks = [n for n, c in qmodel.named_children() if _num_quant_layers(c)]
+    return blocks
+
+
+def _call_order(qmodel: nn.Module, blocks: Sequence[str], batch, forward_fn: ForwardFn) -> list[str]:
+    """``blocks`` sorted by when the forward pass first calls them."""
+    order: list[str] = []
+    handles = [qmodel.get_submodule(name).register_forward_pre_hook(
+        lambda m, args, name=name: order.append(name) if name not in order else None) for name in blocks]
+    try:
+        with torch.no_grad():
+            forward_fn(qmodel, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [b for b in blocks if b not in order]
+    if missing:
+        raise ValueError(f"blocks {missing} are never called by the model's forward; they cannot be reconstructed.")
+    return order
+
+
+@torch.no_grad()
+def _capture(fp_model: nn.Module, qmodel: nn.Module, name: str, batches: Sequence,
+             forward_fn: ForwardFn) -> list[tuple[tuple, object]]:
+    """Per call of block ``name`` over ``batches``: (the quantized model's input args to it, the
+    float model's output of it), both detached."""
+    q_inputs, fp_outputs = [], []
+    h_q = qmodel.get_submodule(name).register_forward_pre_hook(
+        lambda m, args: q_inputs.append(tuple(a.detach() if torch.is_tensor(a) else a for a in args)))
+    h_fp = fp_model.get_submodule(name).register_forward_hook(lambda m, args, out: fp_outputs.append(out))
+    try:
+        for batch in batches:
+            forward_fn(fp_model, batch)
+            forward_fn(qmodel, batch)
+    finally:
+        h_q.remove()
+        h_fp.remove()
+    return list(zip(q_inputs, fp_outputs))
+
+
+def qdrop_hooks(model: nn.Module, drop_prob: float) -> list:
+    """QDrop: each activation quantizer of ``model`` passes the float value through instead of
+    the quantized one, element by element, with probability ``drop_prob``, until the returned
+    hook handles are removed."""
+    def hook(module, args, out):
+        return torch.where(torch.rand_like(out) < drop_prob, args[0], out)
+    return [m.input_quant.register_forward_hook(hook) for m in model.modules() if isinstance(m, QuantLayerMixin)]
+
+
+def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, steps: int, lr: float,
+               drop_prob: float, generator: torch.Generator) -> float:
+    if not params:
+        return float("nan")
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    hooks = qdrop_hooks(block, drop_prob) if drop_prob > 0 else []
+    loss = torch.tensor(float("nan"))
+    try:
+        for _ in range(steps):
+            args, target = samples[int(torch.randint(len(samples), (1,), generator=generator))]
+            outs, targets = flatten_tensors(block(*args)), flatten_tensors(target)
+            loss = torch.stack([(o - t).pow(2).mean() for o, t in zip(outs, targets)]).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"reconstruction loss is {loss.item()}; lower the learning rate.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        for h in hooks:
+            h.remove()
+    return loss.item()
+
+
+def reconstruct(
+    fp_model: nn.Module,
+    qmodel: nn.Module,
+    batches: Iterable,
+    *,
+    steps: int = 200,
+    lr: float = 1e-3,
+    drop_prob: float = 0.5,
+    blocks: Sequence[str] | None = None,
+    max_layers: int = 4,
+    forward_fn: ForwardFn = default_forward,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fit the quantizer parameters of ``qmodel`` (ranges already initialised) block by block.
+
+    Each block gets ``steps`` Adam steps (cosine-decayed ``lr``) on one recorded call at a time,
+    so the total work is about that of ``steps`` full forward-backward passes. With
+    ``checkpoint_dir``, the quantized model's state is saved after every block
+    (``recon_state.pt``) and an interrupted run continues with the next block.
+    Returns the final reconstruction loss per block.
+    """
+    if not 0.0 <= drop_prob < 1.0:
+        raise ValueError(f"drop_prob={drop_prob!r} must lie in [0, 1).")
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"steps={steps!r} must be >= 1 and lr={lr!r} > 0.")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("reconstruct: the calibration set is empty.")
+    blocks = list(blocks) if blocks is not None else find_blocks(qmodel, max_layers)
+    order = _call_order(qmodel, blocks, batches[0], forward_fn)
+
+    state_path = Path(checkpoint_dir) / "recon_state.pt" if checkpoint_dir else None
+    losses: dict[str, float] = {}
+    if state_path is not None and state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        qmodel.load_state_dict(saved["state_dict"])
+        losses = dict(saved["losses"])
+
+    fp_model.eval()
+    qmodel.eval()
+    # Learnable is what the quantizers were built with (QuantConfig.learnable); fit one block's at a time.
+    block_params = {name: quantizer_parameters(qmodel.get_submodule(name)) for name in order}
+    requires_grad = {p: p.requires_grad for p in qmodel.parameters()}
+    qmodel.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for name in tqdm(order, desc="reconstructing blocks", disable=not progress, leave=False):
+            if name in losses:
+                continue
+            for p in block_params[name]:
+                p.requires_grad_(True)
+            samples = _capture(fp_model, qmodel, name, batches, forward_fn)
+            losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
+                                      drop_prob, generator)
+            for p in block_params[name]:
+                p.requires_grad_(False)
+            if state_path is not None:
+                atomic_torch_save({"state_dict": qmodel.state_dict(), "losses": losses}, state_path)
+    finally:
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
+    return losses

@@ -1,0 +1,159 @@
+"""Block reconstruction: block discovery, call order, lower block error after fitting, QDrop,
+frozen weights, resume after an interruption, bad settings."""
+import pytest
+import torch
+from torch import nn
+
+from lightning_ptq.calib import calibrate_ranges
+from lightning_ptq.calib.recon import _call_order, _capture, find_blocks, qdrop_hooks, reconstruct
+from lightning_ptq.models import YOLO
+from lightning_ptq.quant import QuantConfig, quantize
+
+
+def _tiny_yolo():
+    torch.manual_seed(0)
+    return YOLO(num_classes=3, width_mult=0.125, depth_mult=0.33, image_size=64).eval()
+
+
+def _quantized(fp, batches, bits=4):
+    q = quantize(fp, QuantConfig(w_bits=bits, a_bits=bits))
+    calibrate_ranges(q, batches, progress=False)
+    return q
+
+
+def _batches(n=4, size=64):
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(2, 3, size, size, generator=g) for _ in range(n)]
+
+
+def _block_error(fp, q, name, batches):
+    samples = _capture(fp, q, name, batches, lambda m, b: m(b))
+    with torch.no_grad():
+        return sum((q.get_submodule(name)(*args) - out).pow(2).mean().item() for args, out in samples)
+
+
+def test_blocks_cover_every_quantized_layer_once_and_respect_max_layers():
+    q = _quantized(_tiny_yolo(), _batches(1))
+    blocks = find_blocks(q, max_layers=4)
+    layers = {n for n, m in q.named_modules() if hasattr(m, "weight_quant")}
+    covered = [n for n in layers if any(n == b or n.startswith(b + ".") for b in blocks)]
+    assert sorted(covered) == sorted(layers)
+    for b in blocks:
+        inside = [n for n in layers if n == b or n.startswith(b + ".")]
+        assert 1 <= len(inside) <= 4, (b, inside)
+    assert "head" not in blocks and "stage3" not in blocks  # too big: split into children
+
+
+def test_call_order_follows_the_forward_pass():
+    q = _quantized(_tiny_yolo(), _batches(1))
+    order = _call_order(q, ["head.cls.0", "stem", "top_down3"], _batches(1)[0], lambda m, b: m(b))
+    assert order == ["stem", "top_down3", "head.cls.0"]
+
+
+def _convnet():
+    torch.manual_seed(0)
+    block = lambda c_in, c_out: nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),  # noqa: E731
+                                               nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU())
+    return nn.Sequential(block(3, 8), block(8, 8), nn.Conv2d(8, 4, 1)).eval()
+
+
+def test_reconstruction_lowers_block_and_output_error_and_keeps_weights():
+    fp, batches = _convnet(), _batches(4, size=16)
+    q = _quantized(fp, batches, bits=2)
+    weights = {n: p.clone() for n, p in q.named_parameters() if n.endswith("weight")}
+    before = {name: _block_error(fp, q, name, batches) for name in ("0", "1")}
+    with torch.no_grad():
+        out_before = (q(batches[0]) - fp(batches[0])).pow(2).mean()
+    losses = reconstruct(fp, q, batches, steps=60, lr=3e-3, drop_prob=0.0, max_layers=2, progress=False)
+    assert list(losses) == ["0", "1", "2"]
+    assert _block_error(fp, q, "0", batches) < 0.85 * before["0"]  # measured: 0.77x
+    with torch.no_grad():
+        out_after = (q(batches[0]) - fp(batches[0])).pow(2).mean()
+    assert out_after < 0.95 * out_before  # measured: 0.84x
+    for n, p in q.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p, weights[n], msg=f"{n} changed: only quantizer parameters may")
+
+
+def test_qdrop_bypasses_activation_quantization_while_fitting_only():
+    fp, batches = _convnet(), _batches(1, size=16)
+    q = _quantized(fp, batches, bits=2)
+    layer = q[0][0]
+    x = batches[0]
+    quantized = layer.input_quant(x)
+    hooks = qdrop_hooks(q[0], drop_prob=0.5)
+    mixed = layer.input_quant(x)
+    for h in hooks:
+        h.remove()
+    from_float, from_quant = mixed.eq(x), mixed.eq(quantized)
+    assert (from_float | from_quant).all()
+    assert 0.4 < from_float[~from_quant].numel() / x.numel() < 0.6  # about half bypassed
+    reconstruct(fp, q, batches, steps=2, drop_prob=0.5, progress=False)
+    assert all(not m._forward_hooks for m in q.modules())  # no random bypass left behind
+    torch.testing.assert_close(layer.input_quant(x), layer.input_quant(x))
+
+
+def test_interrupted_reconstruction_resumes_after_the_last_finished_block(tmp_path, monkeypatch):
+    fp, batches = _convnet(), _batches(2, size=16)
+    q = _quantized(fp, batches)
+    blocks = ["0", "1", "2"]
+    import lightning_ptq.calib.recon as recon
+
+    fit, calls = recon._fit_block, []
+
+    def failing_fit(block, *args):
+        calls.append(block)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(block, *args)
+
+    monkeypatch.setattr(recon, "_fit_block", failing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(fp, q, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "recon_state.pt", weights_only=True)
+    assert list(saved["losses"]) == ["0"]
+
+    monkeypatch.setattr(recon, "_fit_block", fit)
+    fresh = _quantized(fp, batches)
+    losses = reconstruct(fp, fresh, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
+    assert list(losses) == ["0", "1", "2"] and calls == [q[0], q[1]]  # block "0" was not refitted
+    assert losses["0"] == saved["losses"]["0"]
+    scale = "0.0.weight_quant.scale"
+    torch.testing.assert_close(fresh.state_dict()[scale], saved["state_dict"][scale])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"drop_prob": 1.0}, r"drop_prob=1.0 must lie in \[0, 1\)"),
+    ({"steps": 0}, r"steps=0 must be >= 1"),
+    ({"blocks": ["nothing.here"]}, r"nothing"),
+])
+def test_bad_settings(kwargs, match):
+    fp, batches = _convnet(), _batches(1, size=16)
+    q = _quantized(fp, batches)
+    with pytest.raises((ValueError, AttributeError), match=match):
+        reconstruct(fp, q, batches, progress=False, **kwargs)
+
+
+def test_empty_calibration_set_is_an_error():
+    fp = _convnet()
+    q = _quantized(fp, _batches(1, size=16))
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        reconstruct(fp, q, [], progress=False)
+
+
+def test_find_blocks_rejects_max_layers_below_one():
+    with pytest.raises(ValueError, match="max_layers=0 must be >= 1"):
+        find_blocks(nn.Conv2d(1, 1, 1), max_layers=0)
+
+
+def test_global_calibration_with_qdrop_learns_and_leaves_no_hook_behind():
+    from lightning_ptq.calib import calibrate
+    fp, batches = _convnet(), _batches(2, size=16)
+    q = _quantized(fp, batches, bits=2)
+    before = q[0][0].input_quant.scale.clone()
+    calibrate(fp, q, batches, steps=4, lr=1e-2, drop_prob=0.5,
+              trainer_kwargs=dict(enable_progress_bar=False, accelerator="cpu"))
+    assert not torch.equal(q[0][0].input_quant.scale, before)
+    assert all(not m._forward_hooks for m in q.modules())
+    with pytest.raises(ValueError, match=r"drop_prob=1.5 must lie in \[0, 1\)"):
+        calibrate(fp, q, batches, steps=1, drop_prob=1.5)
