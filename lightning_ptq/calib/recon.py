@@ -76,6 +76,19 @@ def _call_order(qmodel: nn.Module, blocks: Sequence[str], batch, forward_fn: For
     return order
 
 
+def _snapshot(obj):
+    """``obj`` with every tensor detached and every list / tuple / dict copied: some modules
+    extend their input list in place (torchvision's LastLevelP6P7), which must not change what
+    was recorded, nor grow it at every fitting step."""
+    if torch.is_tensor(obj):
+        return obj.detach()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    return obj
+
+
 @torch.no_grad()
 def _capture(fp_model: nn.Module, qmodel: nn.Module, name: str, batches: Sequence,
              forward_fn: ForwardFn) -> list[tuple[tuple, object]]:
@@ -83,8 +96,8 @@ def _capture(fp_model: nn.Module, qmodel: nn.Module, name: str, batches: Sequenc
     float model's output of it), both detached."""
     q_inputs, fp_outputs = [], []
     h_q = qmodel.get_submodule(name).register_forward_pre_hook(
-        lambda m, args: q_inputs.append(tuple(a.detach() if torch.is_tensor(a) else a for a in args)))
-    h_fp = fp_model.get_submodule(name).register_forward_hook(lambda m, args, out: fp_outputs.append(out))
+        lambda m, args: q_inputs.append(_snapshot(args)))
+    h_fp = fp_model.get_submodule(name).register_forward_hook(lambda m, args, out: fp_outputs.append(_snapshot(out)))
     try:
         for batch in batches:
             forward_fn(fp_model, batch)
@@ -115,7 +128,7 @@ def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, step
     try:
         for _ in range(steps):
             args, target = samples[int(torch.randint(len(samples), (1,), generator=generator))]
-            outs, targets = flatten_tensors(block(*args)), flatten_tensors(target)
+            outs, targets = flatten_tensors(block(*_snapshot(args))), flatten_tensors(target)
             loss = torch.stack([(o - t).pow(2).mean() for o, t in zip(outs, targets)]).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"reconstruction loss is {loss.item()}; lower the learning rate.")
@@ -183,8 +196,11 @@ def reconstruct(
             for p in block_params[name]:
                 p.requires_grad_(True)
             samples = _capture(fp_model, qmodel, name, batches, forward_fn)
-            losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
-                                      drop_prob, generator)
+            try:
+                losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
+                                          drop_prob, generator)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"block {name!r}: {err}") from err
             for p in block_params[name]:
                 p.requires_grad_(False)
             if state_path is not None:

@@ -157,3 +157,34 @@ def test_global_calibration_with_qdrop_learns_and_leaves_no_hook_behind():
     assert all(not m._forward_hooks for m in q.modules())
     with pytest.raises(ValueError, match=r"drop_prob=1.5 must lie in \[0, 1\)"):
         calibrate(fp, q, batches, steps=1, drop_prob=1.5)
+
+
+class _ExtendsItsInput(nn.Module):
+    """Like torchvision's LastLevelP6P7: appends to the list it is given and returns it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, features: list):
+        features.append(self.conv(features[-1]))
+        return features
+
+
+class _Pyramid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.extra = nn.Conv2d(3, 4, 3, padding=1), _ExtendsItsInput()
+
+    def forward(self, x):
+        return self.extra([self.stem(x)])
+
+
+def test_block_that_extends_its_input_list_in_place_is_fitted_on_what_it_was_given():
+    torch.manual_seed(0)
+    fp, batches = _Pyramid().eval(), _batches(2, size=16)
+    q = _quantized(fp, batches, bits=2)
+    before = q.extra.conv.weight_quant.scale.clone()
+    losses = reconstruct(fp, q, batches, steps=5, lr=1e-2, blocks=["stem", "extra"], drop_prob=0.0, progress=False)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert not torch.equal(q.extra.conv.weight_quant.scale, before)
