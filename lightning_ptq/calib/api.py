@@ -55,7 +55,7 @@ def calibrate(
         calibrate_ranges(qmodel, batches, num_init_batches, forward_fn, progress=progress)
         recon = dict(recon or {})
         if recon.get("steps", 0) > 0:
-            reconstruct(fp_model, qmodel, batches, forward_fn=forward_fn, checkpoint_dir=checkpoint_dir,
+            reconstruct(qmodel, batches, forward_fn=forward_fn, checkpoint_dir=checkpoint_dir,
                         progress=progress, **recon)
     if steps <= 0:
         return qmodel

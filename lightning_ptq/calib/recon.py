@@ -1,9 +1,9 @@
 """Block reconstruction (BRECQ / QDrop style): the peer toolkits' way of learning quantizers.
 
 Instead of one loss on the network's output, the quantized network is calibrated block by block
-in forward order. For each block, the float model's output of that block is the target and the
-quantized model's own input to it (earlier blocks already quantized and reconstructed) is the
-input; the block's learnable quantizer parameters are fitted to minimise the mean squared error
+in forward order. For each block, its output with quantization switched off (on float inputs)
+is the target and the quantized model's own input to it (earlier blocks already quantized and
+reconstructed) is the input; the block's learnable quantizer parameters are fitted to minimise the mean squared error
 between the two. As in QDrop, while a block is being fitted each of its activation quantizers is
 bypassed element-wise with probability ``drop_prob``, which makes the result flatter and
 generalise better beyond the calibration images.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
-from ..quant.swap import quantizer_parameters
+from ..quant.swap import quantizer_parameters, quantizers
 from .observe import ForwardFn, default_forward
 
 
@@ -89,22 +90,41 @@ def _snapshot(obj):
     return obj
 
 
+@contextmanager
+def _float_mode(qmodel: nn.Module):
+    """``qmodel`` with every quantizer passing values through: the float network with folded BN,
+    the reference each block is fitted to (the float model's own modules would be wrong where
+    a conv was folded with a BN that lies outside the block)."""
+    qs = list(quantizers(qmodel).values())
+    enabled = [q.fake_quant_enabled.clone() for q in qs]
+    for q in qs:
+        q.fake_quant_enabled.fill_(0)
+    try:
+        yield qmodel
+    finally:
+        for q, flag in zip(qs, enabled):
+            q.fake_quant_enabled.copy_(flag)
+
+
 @torch.no_grad()
-def _capture(fp_model: nn.Module, qmodel: nn.Module, name: str, batches: Sequence,
-             forward_fn: ForwardFn) -> list[tuple[tuple, object]]:
+def _capture(qmodel: nn.Module, name: str, batches: Sequence, forward_fn: ForwardFn) -> list[tuple[tuple, object]]:
     """Per call of block ``name`` over ``batches``: (the quantized model's input args to it, the
-    float model's output of it), both detached."""
+    float network's output of it), both detached."""
+    block = qmodel.get_submodule(name)
     q_inputs, fp_outputs = [], []
-    h_q = qmodel.get_submodule(name).register_forward_pre_hook(
-        lambda m, args: q_inputs.append(_snapshot(args)))
-    h_fp = fp_model.get_submodule(name).register_forward_hook(lambda m, args, out: fp_outputs.append(_snapshot(out)))
+    handle = block.register_forward_hook(lambda m, args, out: fp_outputs.append(_snapshot(out)))
+    try:
+        with _float_mode(qmodel):
+            for batch in batches:
+                forward_fn(qmodel, batch)
+    finally:
+        handle.remove()
+    handle = block.register_forward_pre_hook(lambda m, args: q_inputs.append(_snapshot(args)))
     try:
         for batch in batches:
-            forward_fn(fp_model, batch)
             forward_fn(qmodel, batch)
     finally:
-        h_q.remove()
-        h_fp.remove()
+        handle.remove()
     return list(zip(q_inputs, fp_outputs))
 
 
@@ -143,7 +163,6 @@ def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, step
 
 
 def reconstruct(
-    fp_model: nn.Module,
     qmodel: nn.Module,
     batches: Iterable,
     *,
@@ -157,7 +176,8 @@ def reconstruct(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Fit the quantizer parameters of ``qmodel`` (ranges already initialised) block by block.
+    """Fit the quantizer parameters of ``qmodel`` (ranges already initialised) block by block, each
+    block's output to that of the same block with quantization switched off.
 
     Each block gets ``steps`` Adam steps (cosine-decayed ``lr``) on one recorded call at a time,
     so the total work is about that of ``steps`` full forward-backward passes. With
@@ -182,7 +202,6 @@ def reconstruct(
         qmodel.load_state_dict(saved["state_dict"])
         losses = dict(saved["losses"])
 
-    fp_model.eval()
     qmodel.eval()
     # Learnable is what the quantizers were built with (QuantConfig.learnable); fit one block's at a time.
     block_params = {name: quantizer_parameters(qmodel.get_submodule(name)) for name in order}
@@ -195,7 +214,7 @@ def reconstruct(
                 continue
             for p in block_params[name]:
                 p.requires_grad_(True)
-            samples = _capture(fp_model, qmodel, name, batches, forward_fn)
+            samples = _capture(qmodel, name, batches, forward_fn)
             try:
                 losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
                                           drop_prob, generator)

@@ -27,7 +27,7 @@ def _batches(n=4, size=64):
 
 
 def _block_error(fp, q, name, batches):
-    samples = _capture(fp, q, name, batches, lambda m, b: m(b))
+    samples = _capture(q, name, batches, lambda m, b: m(b))
     with torch.no_grad():
         return sum((q.get_submodule(name)(*args) - out).pow(2).mean().item() for args, out in samples)
 
@@ -64,7 +64,7 @@ def test_reconstruction_lowers_block_and_output_error_and_keeps_weights():
     before = {name: _block_error(fp, q, name, batches) for name in ("0", "1")}
     with torch.no_grad():
         out_before = (q(batches[0]) - fp(batches[0])).pow(2).mean()
-    losses = reconstruct(fp, q, batches, steps=60, lr=3e-3, drop_prob=0.0, max_layers=2, progress=False)
+    losses = reconstruct(q, batches, steps=60, lr=3e-3, drop_prob=0.0, max_layers=2, progress=False)
     assert list(losses) == ["0", "1", "2"]
     assert _block_error(fp, q, "0", batches) < 0.85 * before["0"]  # measured: 0.77x
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_qdrop_bypasses_activation_quantization_while_fitting_only():
     from_float, from_quant = mixed.eq(x), mixed.eq(quantized)
     assert (from_float | from_quant).all()
     assert 0.4 < from_float[~from_quant].numel() / x.numel() < 0.6  # about half bypassed
-    reconstruct(fp, q, batches, steps=2, drop_prob=0.5, progress=False)
+    reconstruct(q, batches, steps=2, drop_prob=0.5, progress=False)
     assert all(not m._forward_hooks for m in q.modules())  # no random bypass left behind
     torch.testing.assert_close(layer.input_quant(x), layer.input_quant(x))
 
@@ -109,13 +109,13 @@ def test_interrupted_reconstruction_resumes_after_the_last_finished_block(tmp_pa
 
     monkeypatch.setattr(recon, "_fit_block", failing_fit)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct(fp, q, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
+        reconstruct(q, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
     saved = torch.load(tmp_path / "recon_state.pt", weights_only=True)
     assert list(saved["losses"]) == ["0"]
 
     monkeypatch.setattr(recon, "_fit_block", fit)
     fresh = _quantized(fp, batches)
-    losses = reconstruct(fp, fresh, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
+    losses = reconstruct(fresh, batches, steps=3, blocks=blocks, checkpoint_dir=tmp_path, progress=False)
     assert list(losses) == ["0", "1", "2"] and calls == [q[0], q[1]]  # block "0" was not refitted
     assert losses["0"] == saved["losses"]["0"]
     scale = "0.0.weight_quant.scale"
@@ -131,14 +131,14 @@ def test_bad_settings(kwargs, match):
     fp, batches = _convnet(), _batches(1, size=16)
     q = _quantized(fp, batches)
     with pytest.raises((ValueError, AttributeError), match=match):
-        reconstruct(fp, q, batches, progress=False, **kwargs)
+        reconstruct(q, batches, progress=False, **kwargs)
 
 
 def test_empty_calibration_set_is_an_error():
     fp = _convnet()
     q = _quantized(fp, _batches(1, size=16))
     with pytest.raises(ValueError, match="calibration set is empty"):
-        reconstruct(fp, q, [], progress=False)
+        reconstruct(q, [], progress=False)
 
 
 def test_find_blocks_rejects_max_layers_below_one():
@@ -185,6 +185,35 @@ def test_block_that_extends_its_input_list_in_place_is_fitted_on_what_it_was_giv
     fp, batches = _Pyramid().eval(), _batches(2, size=16)
     q = _quantized(fp, batches, bits=2)
     before = q.extra.conv.weight_quant.scale.clone()
-    losses = reconstruct(fp, q, batches, steps=5, lr=1e-2, blocks=["stem", "extra"], drop_prob=0.0, progress=False)
+    losses = reconstruct(q, batches, steps=5, lr=1e-2, blocks=["stem", "extra"], drop_prob=0.0, progress=False)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert not torch.equal(q.extra.conv.weight_quant.scale, before)
+
+
+class _ConvThenSiblingBN(nn.Module):
+    """Like torchvision's ResNet stem: conv1 and bn1 are siblings, so a block "conv1" holds a
+    conv whose BN is folded into it by quantize()."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.bn1.running_mean.uniform_(-1, 1)
+            self.bn1.running_var.uniform_(0.5, 2)
+            self.bn1.weight.uniform_(0.5, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn1(self.conv1(x))))
+
+
+def test_a_block_with_a_folded_bn_is_fitted_to_the_folded_float_output():
+    torch.manual_seed(0)
+    fp, batches = _ConvThenSiblingBN().eval(), _batches(2, size=16)
+    q = _quantized(fp, batches, bits=4)
+    samples = _capture(q, "conv1", batches, lambda m, b: m(b))
+    (args, target), _ = samples
+    with torch.no_grad():  # BN included: the float model's own conv1 output would lack it
+        torch.testing.assert_close(target, fp.bn1(fp.conv1(batches[0])), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(args[0], batches[0])
+    assert q.conv1.input_quant.is_active  # quantization switched back on after the float pass
