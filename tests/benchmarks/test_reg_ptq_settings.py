@@ -1,0 +1,37 @@
+"""The Reg-PTQ benchmark's layer settings and method table name real layers and valid settings."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from benchmarks.reg_ptq import DEFAULT_METHODS, METHODS, PAPER_SETTING
+from lightning_ptq.app import check_calib_config
+from lightning_ptq.hydra_setup import compose_config
+from lightning_ptq.models import FCOSNet, YOLO
+from lightning_ptq.quant import QuantConfig, quantize
+from lightning_ptq.quant.layers import QuantLayerMixin
+
+TINY = {"yolo": lambda: YOLO(3, width_mult=0.125, depth_mult=0.33, image_size=64),
+        "fcos": lambda: FCOSNet(3, image_size=64, fpn_channels=32, num_convs=1)}
+
+
+@pytest.mark.parametrize("family", sorted(PAPER_SETTING))
+def test_paper_setting_keeps_first_layer_8_bit_and_last_layers_float(family):
+    model = TINY[family]().eval()
+    q = quantize(model, QuantConfig(w_bits=4, a_bits=4, overrides=PAPER_SETTING[family]))
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, QuantLayerMixin)}
+    first = convs[0]
+    assert layers[first].weight_quant.bits == 8 and layers[first].input_quant.bits == 8
+    floats = [n for n in convs if n not in layers]
+    assert floats and all(n.startswith("head.") for n in floats)
+    assert all(m.weight_quant.bits == 4 for n, m in layers.items() if n != first)
+
+
+def test_every_method_is_a_valid_configuration():
+    assert set(DEFAULT_METHODS) <= set(METHODS)
+    base = compose_config([]).calib
+    for name, (label, quant, calib) in METHODS.items():
+        QuantConfig.from_dict({**quant, "w_bits": 4, "a_bits": 4})
+        merged = OmegaConf.merge(base, calib)  # unknown keys would fail here (struct config)
+        check_calib_config(merged)
+        assert label, name
