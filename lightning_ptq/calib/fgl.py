@@ -67,9 +67,9 @@ class FilteredGlobalLoss:
 
     name = "fgl"
 
-    def __init__(self, adapter: DetectorAdapter, conf_thr: float = 0.3, iou_thr: float = 0.5,
+    def __init__(self, adapter: DetectorAdapter, conf_thr: float = 2e-4, iou_thr: float = 0.1,
                  lambda_reg: float = 1.0, reg_loss: str = "giou", lambda_local: float = 0.0,
-                 combine: str = "union", filter_cls: bool = True):
+                 combine: str = "intersection", filter_cls: bool = False):
         for key, value in (("conf_thr", conf_thr), ("iou_thr", iou_thr)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{key}={value!r} must lie in [0, 1].")

@@ -12,6 +12,9 @@ from lightning_ptq.models import YOLO, YOLOAdapter, decode_boxes
 from lightning_ptq.quant import ConfigError
 
 
+PATENT = {"combine": "union", "filter_cls": True}  # the patent's filter (the defaults are the paper's)
+
+
 def identity(outputs):
     """Adapter for outputs that already are (class logits, boxes)."""
     return outputs
@@ -39,7 +42,7 @@ def test_paired_iou_is_the_diagonal_of_torchvision_box_iou():
 
 def test_keeps_confident_or_overlapping_anchors_and_matches_hand_computation():
     s_logits, s_boxes, t_logits, t_boxes = _case()
-    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, lambda_reg=2.0)
+    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, lambda_reg=2.0, **PATENT)
     loss, parts = loss_fn((s_logits, s_boxes), (t_logits, t_boxes))
     keep = torch.tensor([0, 1])  # anchor 3: IoU (25..40)^2=225 / (400+400-225) < 0.5
     cls = F.binary_cross_entropy_with_logits(s_logits[0, keep], t_logits[0, keep].sigmoid())
@@ -63,7 +66,7 @@ def test_gradients_reach_only_the_kept_anchors():
     s_logits, s_boxes, t_logits, t_boxes = _case()
     s_logits.requires_grad_(True)
     s_boxes.requires_grad_(True)
-    loss, _ = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5)((s_logits, s_boxes), (t_logits, t_boxes))
+    loss, _ = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, **PATENT)((s_logits, s_boxes), (t_logits, t_boxes))
     loss.backward()
     assert s_logits.grad[0, :2].abs().sum() > 0 and s_logits.grad[0, 2:].eq(0).all()
     assert s_boxes.grad[0, :2].abs().sum() > 0 and s_boxes.grad[0, 2:].eq(0).all()
@@ -81,7 +84,7 @@ def test_lambda_local_adds_the_dense_output_mse_over_every_anchor():
 
 def test_l1_box_term_is_relative_to_teacher_box_size():
     s_logits, s_boxes, t_logits, t_boxes = _case()
-    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, lambda_reg=1.0, reg_loss="l1")
+    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.5, iou_thr=0.5, lambda_reg=1.0, reg_loss="l1", **PATENT)
     _, parts = loss_fn((s_logits, s_boxes), (t_logits, t_boxes))
     # kept anchors 0 and 1: teacher boxes are 20 px wide and high.
     expected = (s_boxes[0, :2] - t_boxes[0, :2]).abs().div(20.0).mean()
@@ -90,7 +93,7 @@ def test_l1_box_term_is_relative_to_teacher_box_size():
 
 def test_batch_with_no_surviving_box_falls_back_to_all_and_is_counted(caplog):
     s_logits, s_boxes, t_logits, t_boxes = _case()
-    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.99, iou_thr=1.0)
+    loss_fn = FilteredGlobalLoss(identity, conf_thr=0.99, iou_thr=1.0, **PATENT)
     with caplog.at_level(logging.WARNING):
         _, parts = loss_fn((s_logits, s_boxes), (t_logits, t_boxes))
         loss_fn((s_logits, s_boxes), (t_logits, t_boxes))
