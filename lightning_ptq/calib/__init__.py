@@ -1,12 +1,15 @@
-"""Calibration: range observation, distillation losses, the calibration LightningModule."""
+"""Calibration: range observation, distillation losses, block reconstruction, the calibration
+LightningModule."""
 from .api import calibrate
 from .batches import batch_inputs
 from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
 from .losses import OutputMSE
 from .module import CalibrationModule, NonFiniteLossError
 from .observe import EmptyCalibrationError, NonFiniteCalibrationError, calibrate_ranges
+from .recon import find_blocks, qdrop_hooks, reconstruct
 
 __all__ = [
-    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FilteredGlobalLoss", "NonFiniteCalibrationError", "NonFiniteLossError",
-    "OutputMSE", "batch_inputs", "calibrate", "calibrate_ranges", "paired_iou",
+    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FilteredGlobalLoss",
+    "NonFiniteCalibrationError", "NonFiniteLossError", "OutputMSE", "batch_inputs", "calibrate",
+    "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct",
 ]
