@@ -33,7 +33,7 @@ def calibrate(
     1. ranges: every quantizer is initialised on ``batches`` (the first ``num_init_batches``);
     2. block reconstruction, when ``recon`` has ``steps > 0``: keyword arguments of
        :func:`~lightning_ptq.calib.recon.reconstruct` (``steps``, ``lr``, ``drop_prob``,
-       ``max_layers``, ...), each block fitted to the float model's block output;
+       ``max_layers``, ...), each block fitted to its own output with quantization switched off;
     3. learning (``steps > 0``): scales and zero points are fine-tuned for ``steps`` optimiser
        steps with a distillation ``loss`` (default: output MSE), cycling over ``batches``;
        with ``drop_prob > 0`` each activation quantizer is bypassed element-wise with that

@@ -104,10 +104,14 @@ class CalibrationModule(L.LightningModule):
         if not params:
             raise ValueError("the student has no learnable quantizer parameter (QuantConfig.learnable=False?).")
         opt = torch.optim.Adam(params, lr=self.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.max_steps) / self.max_steps))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine_schedule(opt, self.max_steps), "interval": "step"}}
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate decayed from its initial value to 0 along a half cosine over ``steps``
+    scheduler steps, then held at 0."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
 
 
 @torch.no_grad()

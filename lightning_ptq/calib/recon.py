@@ -3,8 +3,8 @@
 Instead of one loss on the network's output, the quantized network is calibrated block by block
 in forward order. For each block, its output with quantization switched off (on float inputs)
 is the target and the quantized model's own input to it (earlier blocks already quantized and
-reconstructed) is the input; the block's learnable quantizer parameters are fitted to minimise the mean squared error
-between the two. As in QDrop, while a block is being fitted each of its activation quantizers is
+reconstructed) is the input; the block's learnable quantizer parameters are fitted to minimise
+the mean squared error between the two. As in QDrop, while a block is being fitted each of its activation quantizers is
 bypassed element-wise with probability ``drop_prob``, which makes the result flatter and
 generalise better beyond the calibration images.
 
@@ -14,7 +14,6 @@ shared across pyramid levels) is one block fitted on all of its calls.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
+from .module import cosine_schedule
 from .observe import ForwardFn, default_forward
 
 
@@ -37,8 +37,9 @@ def _num_quant_layers(module: nn.Module) -> int:
 def find_blocks(qmodel: nn.Module, max_layers: int = 4) -> list[str]:
     """Names of the reconstruction blocks of ``qmodel``: going down from the root, a module with
     at most ``max_layers`` quantized layers (or a quantized layer itself) is a block; a larger one,
-    or a ModuleList / ModuleDict (which has no forward of its own), is split into its children. Blocks are returned in module order; :func:`reconstruct` fits
-    them in the order the forward pass calls them."""
+    or a ModuleList / ModuleDict (which has no forward of its own), is split into its children.
+    Blocks are returned in module order; :func:`reconstruct` fits them in the order the forward
+    pass calls them."""
     if max_layers < 1:
         raise ValueError(f"max_layers={max_layers!r} must be >= 1.")
     blocks: list[str] = []
@@ -142,7 +143,7 @@ def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, step
     if not params:
         return float("nan")
     opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = cosine_schedule(opt, steps)
     hooks = qdrop_hooks(block, drop_prob) if drop_prob > 0 else []
     loss = torch.tensor(float("nan"))
     try:
