@@ -309,16 +309,22 @@ def _shape_polygons(label: int, rng: np.random.Generator, difficulty: Difficulty
     return outer * scale + offset, hole
 
 
-def _rasterise(outer: np.ndarray, hole: np.ndarray | None) -> tuple[np.ndarray, tuple]:
+def _rasterise(outer: np.ndarray, hole: np.ndarray | None, shift: float = 0.5) -> tuple[np.ndarray, tuple]:
     """Anti-aliased coverage of ``outer`` minus ``hole`` (pixel coords) over its bounding pixels:
-    ``(alpha [h, w] float32 in [0, 1], (row slice, column slice) of the [S, S] image)``."""
+    ``(alpha [h, w] float32 in [0, 1], (row slice, column slice) of the [S, S] image)``.
+
+    ``shift=0`` draws exactly where the coordinates say (measured with Pillow 13: a disc's
+    coverage centroid is within 0.002 px of its centre). The detection data (format 1) was made
+    with ``shift=0.5`` supersampled pixels, which draws every shape 1/8 px up and to the left; it
+    is kept as the default so that cached datasets stay byte-identical (their boxes are off by
+    1/8 px, irrelevant to box mAP). Keypoint data, whose labels must be sub-pixel exact, uses 0."""
     x0, y0 = np.floor(outer.min(0)).astype(int)
     x1, y1 = np.ceil(outer.max(0)).astype(int)
     patch = Image.new("L", ((x1 - x0) * SUPERSAMPLE, (y1 - y0) * SUPERSAMPLE), 0)
     draw = ImageDraw.Draw(patch)
     for polygon, fill in ((outer, 255), (hole, 0)):
-        if polygon is not None:  # PIL centres pixel k on coordinate k, hence the half-pixel shift
-            points = (polygon - [x0, y0]) * SUPERSAMPLE - 0.5
+        if polygon is not None:
+            points = (polygon - [x0, y0]) * SUPERSAMPLE - shift
             draw.polygon([tuple(p) for p in points], fill=fill)
     alpha = np.asarray(patch.reduce(SUPERSAMPLE), dtype=np.float32) / 255.0
     return alpha, (slice(y0, y1), slice(x0, x1))
