@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..quant.config import ConfigError
 from .fcos import FCOSNet
+from .optim import adamw_warmup_cosine
 from .yolo import YOLO
 
 DETECTORS: dict[str, type[nn.Module]] = {"yolo": YOLO, "fcos": FCOSNet}
@@ -109,18 +110,8 @@ class DetectorModule(L.LightningModule):
         self.val_map.reset()
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # norm layers and biases
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr)
-        total = self.trainer.estimated_stepping_batches
-        warmup = max(1, int(self.hparams.warmup_fraction * total))
-        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
-            torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total - warmup), eta_min=self.hparams.lr * 0.02),
-        ], milestones=[warmup])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, self.trainer.estimated_stepping_batches, self.hparams.lr,
+                                   self.hparams.weight_decay, self.hparams.warmup_fraction)
 
 
 def random_flips(images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
