@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lightning_ptq.app import eval_kwargs, load_data_and_model, quantize_and_calibrate
+from lightning_ptq.app import eval_kwargs, load_data_and_model
+from lightning_ptq.pipeline import quantize_and_calibrate
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
 from lightning_ptq.models import evaluate_detections

@@ -1,12 +1,13 @@
-"""The main job: FP detector -> quantize -> calibrate -> evaluate FP vs quantized -> report.
+"""The main job: FP model -> quantize -> calibrate -> evaluate FP vs quantized -> report.
 
 ``run(cfg)`` does the work and returns the results dict; ``__main__`` is the thin Hydra wrapper.
+Detectors (``model.name`` yolo or fcos) are handled here, keypoint models (``model.name=keypoint``)
+by :mod:`lightning_ptq.keypoints.job`; the steps both share are in :mod:`lightning_ptq.pipeline`.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -15,25 +16,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from .calib import (
-    EmptyCalibrationError, FilteredGlobalLoss, NonFiniteCalibrationError, NonFiniteLossError, OutputMSE, calibrate,
-)
+from .calib import EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError
 from .data import (
     AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
     MalformedAnnotationError, NotAGeneratedDatasetError,
 )
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
+from .keypoints import KeypointNet, NonFiniteLogitsError, run_keypoints
 from .models import (
     CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
     pretrained_detector,
 )
-from .quant import ConfigError, LayerPatternError, QuantConfig, quantize
+from .pipeline import (
+    calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate,
+)
+from .quant import ConfigError, LayerPatternError, QuantConfig
 from .report import plot_detections, results_table, table_rows
 
 log = logging.getLogger(__name__)
-
-LOSSES = ("output_mse", "fgl")
 
 # Problems with what the user gave (settings, data, checkpoint): the entry point prints their
 # message, which names the problem and the fix, without a traceback.
@@ -41,55 +42,8 @@ USER_ERRORS = (
     ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
     MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
     CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
+    NonFiniteLogitsError,
 )
-
-
-def check_calib_config(calib: DictConfig) -> None:
-    """Fail at start-up, with the fix, on calibration settings that cannot work."""
-    if calib.loss not in LOSSES:
-        raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
-    try:
-        FilteredGlobalLoss(None, **calib.fgl)
-    except (ConfigError, TypeError) as err:
-        raise ConfigError(f"calib.fgl: {err}") from err
-    for key in ("num_images", "init_batches", "batch_size"):
-        if not isinstance(calib[key], int) or calib[key] < 1:
-            raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
-    if not isinstance(calib.steps, int) or calib.steps < 0:
-        raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
-    if calib.lr <= 0:
-        raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
-    if not 0.0 <= calib.drop_prob < 1.0:
-        raise ConfigError(f"calib.drop_prob={calib.drop_prob!r} must lie in [0, 1).")
-    recon = calib.recon
-    if not isinstance(recon.steps, int) or recon.steps < 0:
-        raise ConfigError(f"calib.recon.steps={recon.steps!r} must be an integer >= 0 (0: no block reconstruction).")
-    if not 0.0 <= recon.drop_prob < 1.0:
-        raise ConfigError(f"calib.recon.drop_prob={recon.drop_prob!r} must lie in [0, 1).")
-    if recon.lr <= 0:
-        raise ConfigError(f"calib.recon.lr={recon.lr!r} must be > 0.")
-    if not isinstance(recon.max_layers, int) or recon.max_layers < 1:
-        raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
-
-
-def calibration_loss(calib: DictConfig, fp_model):
-    """The distillation loss named by ``calib.loss``; FGL reads the outputs through the detector's
-    own adapter (every family has one)."""
-    if calib.loss == "fgl":
-        return FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
-    return OutputMSE()
-
-
-def calibration_batches(datamodule, num_images: int) -> list:
-    """The first ``num_images`` images of the calib split, as a fixed list of batches."""
-    batches, seen = [], 0
-    for images, targets in datamodule.calib_dataloader():
-        take = min(len(images), num_images - seen)
-        batches.append((images[:take], targets[:take]))
-        seen += take
-        if seen >= num_images:
-            break
-    return batches
 
 
 def load_data_and_model(cfg: DictConfig):
@@ -105,21 +59,6 @@ def load_data_and_model(cfg: DictConfig):
     return datamodule, fp_model.eval()
 
 
-def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
-                           logger=None, checkpoint_dir: Path | None = None):
-    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds)."""
-    qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
-    start = time.perf_counter()
-    calibrate(
-        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
-        num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
-        recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
-        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
-                            accelerator=trainer.accelerator, devices=trainer.devices),
-    )
-    return qmodel, time.perf_counter() - start
-
-
 def eval_kwargs(cfg: DictConfig) -> dict:
     return dict(conf_thr=cfg.eval.conf_thr, iou_thr=cfg.eval.iou_thr, max_det=cfg.eval.max_det)
 
@@ -129,11 +68,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))  # validate first
     check_calib_config(cfg.calib)
+    is_keypoint = cfg.model.name == KeypointNet.family
+    check_loss_family(cfg.calib.loss, is_keypoint)
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     logger = instantiate(cfg.logger) if cfg.logger else None
+    if is_keypoint:
+        return run_keypoints(cfg, run_dir, qcfg, logger)
+    return run_detection(cfg, run_dir, qcfg, logger)
 
+
+def run_detection(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None) -> dict:
+    """The detector job; writes ``results.json``, the quantized and packed weights and
+    ``detections.png`` to ``run_dir``; returns the results."""
     datamodule, fp_model = load_data_and_model(cfg)
     fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs(cfg))
     batches = calibration_batches(datamodule, cfg.calib.num_images)
@@ -159,7 +107,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     vis = _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")
     if logger is not None:
-        _log_to_wandb(logger, results, vis, cfg)
+        log_to_wandb(logger, results, table_rows(results), vis, "detections", cfg)
     return results
 
 
@@ -171,12 +119,3 @@ def _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir: Path, title: 
         images, detect(fp_model, images, **kwargs), detect(qmodel, images, **kwargs),
         datamodule.class_names, run_dir / "detections.png", score_thr=cfg.eval.vis_score_thr, title=title,
     )
-
-
-def _log_to_wandb(logger, results: dict, vis: Path, cfg: DictConfig) -> None:
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    logger.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
-    columns, rows = table_rows(results)
-    logger.log_table(key="fp_vs_quant", columns=columns, data=rows)
-    logger.log_image(key="detections", images=[str(vis)])
-    logger.experiment.finish()

@@ -3,13 +3,14 @@ LightningModule."""
 from .api import calibrate
 from .batches import batch_inputs
 from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
+from .keypoint_loss import KeypointDistillLoss
 from .losses import OutputMSE
 from .module import CalibrationModule, NonFiniteLossError
 from .observe import EmptyCalibrationError, NonFiniteCalibrationError, calibrate_ranges
 from .recon import find_blocks, qdrop_hooks, reconstruct
 
 __all__ = [
-    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FilteredGlobalLoss",
+    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FilteredGlobalLoss", "KeypointDistillLoss",
     "NonFiniteCalibrationError", "NonFiniteLossError", "OutputMSE", "batch_inputs", "calibrate",
     "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct",
 ]

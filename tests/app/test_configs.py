@@ -8,13 +8,14 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lightning_ptq.app import check_calib_config
+from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config, recipe_names
 from lightning_ptq.quant import QuantConfig
 
 
 def test_recipes_exist():
-    assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8", "fcos_w4a4", "fcos_w4a8", "fcos_w8a8"} <= set(recipe_names())
+    assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8", "fcos_w4a4", "fcos_w4a8", "fcos_w8a8",
+            "keypoint_w8a8", "keypoint_w4a4"} <= set(recipe_names())
 
 
 @pytest.mark.parametrize("recipe", recipe_names())
@@ -25,7 +26,7 @@ def test_every_recipe_composes_and_validates(recipe, tmp_path):
     assert (qcfg.w_bits, qcfg.a_bits) == (int(w), int(a))
     check_calib_config(cfg.calib)
     datamodule = instantiate(cfg.data)
-    assert Path(datamodule.root) == tmp_path / "data" / "shapes"
+    assert Path(datamodule.root) == tmp_path / "data" / ("keypoints" if recipe.startswith("keypoint") else "shapes")
 
 
 def test_logger_config_instantiates_offline(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.reg_ptq import DEFAULT_METHODS, METHODS, PAPER_SETTING
-from lightning_ptq.app import check_calib_config
+from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.models import FCOSNet, YOLO
 from lightning_ptq.quant import QuantConfig, quantize

@@ -1,0 +1,102 @@
+"""The steps every job shares (detectors and keypoint models): checking the calibration settings,
+choosing the distillation loss, taking the calibration batches, quantizing and calibrating, and
+logging the result to W&B."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .calib import FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .quant import ConfigError, QuantConfig, quantize
+
+LOSSES = ("output_mse", "fgl", "keypoint_distill")
+
+
+def check_calib_config(calib: DictConfig) -> None:
+    """Fail at start-up, with the fix, on calibration settings that cannot work."""
+    if calib.loss not in LOSSES:
+        raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+    try:
+        FilteredGlobalLoss(None, **calib.fgl)
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"calib.fgl: {err}") from err
+    for key in ("num_images", "init_batches", "batch_size"):
+        if not isinstance(calib[key], int) or calib[key] < 1:
+            raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
+    if not isinstance(calib.steps, int) or calib.steps < 0:
+        raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
+    if calib.lr <= 0:
+        raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
+    if not 0.0 <= calib.drop_prob < 1.0:
+        raise ConfigError(f"calib.drop_prob={calib.drop_prob!r} must lie in [0, 1).")
+    recon = calib.recon
+    if not isinstance(recon.steps, int) or recon.steps < 0:
+        raise ConfigError(f"calib.recon.steps={recon.steps!r} must be an integer >= 0 (0: no block reconstruction).")
+    if not 0.0 <= recon.drop_prob < 1.0:
+        raise ConfigError(f"calib.recon.drop_prob={recon.drop_prob!r} must lie in [0, 1).")
+    if recon.lr <= 0:
+        raise ConfigError(f"calib.recon.lr={recon.lr!r} must be > 0.")
+    if not isinstance(recon.max_layers, int) or recon.max_layers < 1:
+        raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
+
+
+def check_loss_family(loss: str, is_keypoint: bool) -> None:
+    """FGL needs a detector's boxes and scores, the keypoint loss a keypoint model's outputs."""
+    if loss == "fgl" and is_keypoint:
+        raise ConfigError("calib.loss=fgl needs a detector; for a keypoint model use keypoint_distill or output_mse.")
+    if loss == "keypoint_distill" and not is_keypoint:
+        raise ConfigError("calib.loss=keypoint_distill needs a keypoint model (model.name=keypoint); "
+                          "for a detector use fgl or output_mse.")
+
+
+def calibration_loss(calib: DictConfig, fp_model):
+    """The distillation loss named by ``calib.loss``: FGL reads a detector's outputs through its
+    own adapter; the keypoint loss compares coordinates and per-axis distributions."""
+    check_loss_family(calib.loss, getattr(fp_model, "family", None) == "keypoint")
+    if calib.loss == "fgl":
+        return FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
+    if calib.loss == "keypoint_distill":
+        return KeypointDistillLoss(fp_model.stride)
+    return OutputMSE()
+
+
+def calibration_batches(datamodule, num_images: int) -> list:
+    """The first ``num_images`` images of the calib split, as a fixed list of batches (targets are
+    a list of per-image dicts for detection, a dict of stacked tensors for keypoints)."""
+    batches, seen = [], 0
+    for images, targets in datamodule.calib_dataloader():
+        take = min(len(images), num_images - seen)
+        kept = {k: v[:take] for k, v in targets.items()} if isinstance(targets, dict) else targets[:take]
+        batches.append((images[:take], kept))
+        seen += take
+        if seen >= num_images:
+            break
+    return batches
+
+
+def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
+                           logger=None, checkpoint_dir: Path | None = None):
+    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds)."""
+    qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
+    start = time.perf_counter()
+    calibrate(
+        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
+        num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
+        recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
+        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
+                            accelerator=trainer.accelerator, devices=trainer.devices),
+    )
+    return qmodel, time.perf_counter() - start
+
+
+def log_to_wandb(logger, results: dict, table: tuple[list[str], list[list]], image: Path, image_key: str,
+                 cfg: DictConfig) -> None:
+    """The run's config, its numbers, the FP-vs-quantized table and the picture, then finish."""
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    columns, rows = table
+    logger.log_table(key="fp_vs_quant", columns=columns, data=rows)
+    logger.log_image(key=image_key, images=[str(image)])
+    logger.experiment.finish()
