@@ -1,16 +1,16 @@
-"""Detection data: the synthetic default dataset generator and a COCO-format data module."""
+"""Detection data: the synthetic default dataset generator and a COCO-format data module (and
+the split-folder base and safe dataset writing that the keypoint data reuses)."""
 from .coco import (
     AnnotationFileNotFoundError, CocoDataModule, CocoDetectionDataset, DatasetRootNotFoundError,
     EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, detection_collate, load_coco,
 )
+from .generated import NotAGeneratedDatasetError, write_generated_dataset
 from .preview import save_preview
-from .synthetic_detection import (
-    CLASS_NAMES, DEFAULT_SPLITS, Difficulty, NotAGeneratedDatasetError, generate_detection_dataset,
-)
+from .synthetic_detection import CLASS_NAMES, DEFAULT_SPLITS, Difficulty, generate_detection_dataset
 
 __all__ = [
     "CLASS_NAMES", "DEFAULT_SPLITS", "AnnotationFileNotFoundError", "CocoDataModule", "CocoDetectionDataset",
     "DatasetRootNotFoundError", "Difficulty", "EmptySplitError", "ImageFileNotFoundError",
     "MalformedAnnotationError", "NotAGeneratedDatasetError", "detection_collate", "generate_detection_dataset",
-    "load_coco", "save_preview",
+    "load_coco", "save_preview", "write_generated_dataset",
 ]

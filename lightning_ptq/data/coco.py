@@ -15,7 +15,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -196,34 +196,37 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
     return torch.stack(images), list(targets)
 
 
-class CocoDataModule(LightningDataModule):
-    """Train / calib / val / test loaders over a COCO folder (see the module docstring).
+class SplitFoldersDataModule(LightningDataModule):
+    """Train / calib / val / test loaders over a folder of COCO-format splits; what the detection
+    and keypoint data modules share. A subclass sets ``generate`` (the default data's generator)
+    and ``collate``, and builds one split's dataset in ``_load(split)``.
 
     ``ann_file`` and ``image_dir`` are relative to ``root`` and may contain ``{split}``. With
     ``generate_default=True``, :meth:`prepare_data` first writes the synthetic default dataset to
-    ``root`` (``generator_kwargs`` go to :func:`generate_detection_dataset`; a no-op when it is
-    already there). ``max_images`` caps each split: one int for all, or ``{split: int}``. All
-    splits share the label mapping of the first split whose annotation file exists. Batches are
-    ``(images float32 [B, 3, S, S], list of target dicts)`` as produced by :func:`detection_collate`.
+    ``root`` (``generator_kwargs`` go to the generator; a no-op when it is already there).
+    ``max_images`` caps each split: one int for all, or ``{split: int}``. The first split whose
+    annotation file exists is the reference the others must agree with.
     """
 
-    def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_{split}.json",
-                 image_dir: str = "images", splits: Sequence[str] = ("train", "calib", "val", "test"),
-                 image_size: int = 128, batch_size: int = 16, num_workers: int = 0,
-                 generate_default: bool = False, generator_kwargs: Mapping | None = None,
-                 max_images: int | Mapping[str, int] | None = None):
+    generate: Callable
+    collate: Callable
+
+    def __init__(self, root: str | os.PathLike, ann_file: str, image_dir: str = "images",
+                 splits: Sequence[str] = ("train", "calib", "val", "test"), image_size: int = 128,
+                 batch_size: int = 16, num_workers: int = 0, generate_default: bool = False,
+                 generator_kwargs: Mapping | None = None, max_images: int | Mapping[str, int] | None = None):
         super().__init__()
         self.root, self.ann_file, self.image_dir = Path(root), ann_file, image_dir
         self.splits, self.image_size = tuple(splits), image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
         self.max_images = max_images
-        self._datasets: dict[str, CocoDetectionDataset] = {}
+        self._datasets: dict[str, Dataset] = {}
         self._prepared = False
 
     def prepare_data(self) -> None:
         if self.generate_default:
-            generate_detection_dataset(self.root, **self.generator_kwargs)
+            type(self).generate(self.root, **self.generator_kwargs)
         self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
@@ -231,25 +234,20 @@ class CocoDataModule(LightningDataModule):
         for split in self.splits:
             self.dataset(split)
 
-    def dataset(self, split: str) -> CocoDetectionDataset:
+    def dataset(self, split: str) -> Dataset:
         """The (cached) dataset of ``split``; generates the default data first if asked to."""
         if split not in self.splits:
             raise ValueError(f"Split '{split}' is not configured; data.splits is {list(self.splits)}.")
         if split not in self._datasets:
-            reference = self._reference_split()
-            mapping = None if split == reference else self.dataset(reference).category_ids
-            self._datasets[split] = CocoDetectionDataset(
-                self.root / self.image_dir.format(split=split), self.root / self.ann_file.format(split=split),
-                self.image_size, category_ids=mapping, max_images=self._max_images(split), split=split)
+            self._datasets[split] = self._load(split)
         return self._datasets[split]
 
-    @property
-    def num_classes(self) -> int:
-        return self.dataset(self._reference_split()).num_classes
+    def _load(self, split: str) -> Dataset:
+        raise NotImplementedError
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.dataset(self._reference_split()).class_names
+    def _split_paths(self, split: str) -> tuple[Path, Path]:
+        """(image folder, annotation file) of ``split``."""
+        return self.root / self.image_dir.format(split=split), self.root / self.ann_file.format(split=split)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -265,7 +263,7 @@ class CocoDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=detection_collate,
+                          num_workers=self.num_workers, collate_fn=type(self).collate,
                           persistent_workers=self.num_workers > 0)
 
     def _max_images(self, split: str) -> int | None:
@@ -282,7 +280,7 @@ class CocoDataModule(LightningDataModule):
             )
 
     def _reference_split(self) -> str:
-        """First configured split whose annotation file exists (it defines the label mapping);
+        """First configured split whose annotation file exists (the others must agree with it);
         generates the default data first when asked to and not done yet."""
         if self.generate_default and not self._prepared:
             self.prepare_data()
@@ -291,3 +289,36 @@ class CocoDataModule(LightningDataModule):
             if (self.root / self.ann_file.format(split=split)).is_file():
                 return split
         return self.splits[0]  # its dataset raises AnnotationFileNotFoundError
+
+
+class CocoDataModule(SplitFoldersDataModule):
+    """Detection splits of a COCO folder (see the module docstring and
+    :class:`SplitFoldersDataModule`). All splits share the label mapping of the reference split.
+    Batches are ``(images float32 [B, 3, S, S], list of target dicts)`` from
+    :func:`detection_collate`; ``generator_kwargs`` go to :func:`generate_detection_dataset`.
+    """
+
+    generate = staticmethod(generate_detection_dataset)
+    collate = staticmethod(detection_collate)
+
+    def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_{split}.json",
+                 image_dir: str = "images", splits: Sequence[str] = ("train", "calib", "val", "test"),
+                 image_size: int = 128, batch_size: int = 16, num_workers: int = 0,
+                 generate_default: bool = False, generator_kwargs: Mapping | None = None,
+                 max_images: int | Mapping[str, int] | None = None):
+        super().__init__(root, ann_file, image_dir, splits, image_size, batch_size, num_workers,
+                         generate_default, generator_kwargs, max_images)
+
+    def _load(self, split: str) -> CocoDetectionDataset:
+        reference = self._reference_split()
+        mapping = None if split == reference else self.dataset(reference).category_ids
+        return CocoDetectionDataset(*self._split_paths(split), self.image_size, category_ids=mapping,
+                                    max_images=self._max_images(split), split=split)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset(self._reference_split()).num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset(self._reference_split()).class_names

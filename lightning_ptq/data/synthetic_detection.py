@@ -20,11 +20,8 @@ split do not depend on the split's size.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,17 +29,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-log = logging.getLogger(__name__)
+from .generated import write_generated_dataset
 
 FORMAT_VERSION = 1
 CLASS_NAMES = ("circle", "square", "triangle", "plus", "ring", "star")
 DEFAULT_SPLITS = {"train": 2000, "calib": 256, "val": 256, "test": 256}
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-filtered down: anti-aliased edges
 MAX_PLACEMENT_TRIES = 50
-
-
-class NotAGeneratedDatasetError(FileExistsError):
-    """``root`` holds files that this generator did not write; it refuses to replace them."""
 
 
 @dataclass(frozen=True)
@@ -96,13 +89,10 @@ def generate_detection_dataset(
     """Write the synthetic COCO dataset to ``root`` (see the module docstring) and return ``root``.
 
     ``splits`` maps split name to image count (default ``DEFAULT_SPLITS``); ``knobs`` are the
-    fields of :class:`Difficulty`. Returns at once when ``root/meta.json`` records the same
-    parameters. Otherwise generates into a temporary sibling folder and moves it into place, so
-    an interrupted run never leaves a dataset that looks complete. Raises
-    :class:`NotAGeneratedDatasetError` when ``root`` is a non-empty folder this function did not
-    write, rather than delete someone's data.
+    fields of :class:`Difficulty`. Nothing is written when ``root`` already holds this dataset;
+    otherwise it is written atomically, and a folder of someone else's files is refused
+    (:func:`~lightning_ptq.data.generated.write_generated_dataset`).
     """
-    root = Path(root)
     unknown = sorted(set(knobs) - set(Difficulty.__dataclass_fields__))
     if unknown:
         raise TypeError(f"Unknown synthetic data knob(s) {unknown}; known: {sorted(Difficulty.__dataclass_fields__)}.")
@@ -111,49 +101,8 @@ def generate_detection_dataset(
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     meta = {"generator": "lightning_ptq.synthetic_detection", "version": FORMAT_VERSION,
             "splits": [[name, count] for name, count in splits.items()], "image_size": image_size, "seed": seed, "difficulty": asdict(difficulty)}
-    if _read_meta(root) == meta:
-        return root
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        log.info("Generating synthetic detection data %s in %s", splits, root)
-        first_id = 1
-        for split, count in splits.items():
-            _write_split(tmp, split, count, first_id, image_size, seed, difficulty)
-            first_id += count
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _install(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _read_meta(root: Path) -> dict | None:
-    try:
-        return json.loads((root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _check_replaceable(root: Path) -> None:
-    if root.is_dir() and any(root.iterdir()) and _read_meta(root) is None:
-        raise NotAGeneratedDatasetError(
-            f"Cannot generate the synthetic dataset in {root}: the folder is not empty and has no "
-            f"meta.json from this generator, so it may hold your own data. Point data.root at an "
-            f"empty or new folder, or set data.generate_default=false to use the data in it."
-        )
-
-
-def _install(tmp: Path, root: Path) -> None:
-    """Move the finished ``tmp`` folder to ``root``, replacing an older generated dataset."""
-    if not root.exists():
-        os.replace(tmp, root)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.replace(root, old)
-    os.replace(tmp, root)
-    shutil.rmtree(old, ignore_errors=True)
+    return write_generated_dataset(root, meta, splits, lambda out, split, count, first_id: _write_split(
+        out, split, count, first_id, image_size, seed, difficulty))
 
 
 def _write_split(out: Path, split: str, count: int, first_id: int, image_size: int, seed: int,

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..data.coco import (
-    AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
-    MalformedAnnotationError, load_coco,
+    AnnotationFileNotFoundError, EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError,
+    SplitFoldersDataModule, load_coco,
 )
 from .synthetic import generate_keypoint_dataset
 
@@ -235,59 +234,38 @@ def keypoint_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tens
     return torch.stack(images), {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
 
 
-class KeypointDataModule(LightningDataModule):
-    """Train / calib / val / test loaders over a COCO keypoints folder (see the module docstring).
-
-    ``ann_file`` and ``image_dir`` are relative to ``root`` and may contain ``{split}``. With
-    ``generate_default=True``, :meth:`prepare_data` first writes the synthetic default dataset to
-    ``root`` (``generator_kwargs`` go to :func:`generate_keypoint_dataset`; a no-op when it is
-    already there). ``max_images`` caps each split: one int for all, or ``{split: int}``. Every
-    split must have the keypoint names of the first split whose annotation file exists. Batches
-    are ``(images float32 [B, 3, S, S], dict of stacked targets)`` from :func:`keypoint_collate`.
+class KeypointDataModule(SplitFoldersDataModule):
+    """Keypoint splits of a COCO keypoints folder (see the module docstring and
+    :class:`~lightning_ptq.data.coco.SplitFoldersDataModule`), cropped top-down with
+    ``crop_margin``. Every split must have the keypoint names of the reference split. Batches are
+    ``(images float32 [B, 3, S, S], dict of stacked targets)`` from :func:`keypoint_collate`;
+    ``generator_kwargs`` go to :func:`generate_keypoint_dataset`.
     """
+
+    generate = staticmethod(generate_keypoint_dataset)
+    collate = staticmethod(keypoint_collate)
 
     def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/person_keypoints_{split}.json",
                  image_dir: str = "images", splits: Sequence[str] = ("train", "calib", "val", "test"),
                  image_size: int = 64, batch_size: int = 32, num_workers: int = 0,
                  generate_default: bool = False, generator_kwargs: Mapping | None = None,
                  max_images: int | Mapping[str, int] | None = None, crop_margin: float = 1.25):
-        super().__init__()
-        self.root, self.ann_file, self.image_dir = Path(root), ann_file, image_dir
-        self.splits, self.image_size, self.crop_margin = tuple(splits), image_size, crop_margin
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
-        self.max_images = max_images
-        self._datasets: dict[str, KeypointDataset] = {}
-        self._prepared = False
+        super().__init__(root, ann_file, image_dir, splits, image_size, batch_size, num_workers,
+                         generate_default, generator_kwargs, max_images)
+        self.crop_margin = crop_margin
 
-    def prepare_data(self) -> None:
-        if self.generate_default:
-            generate_keypoint_dataset(self.root, **self.generator_kwargs)
-        self._prepared = True
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load every configured split, so problems surface before training starts."""
-        for split in self.splits:
-            self.dataset(split)
-
-    def dataset(self, split: str) -> KeypointDataset:
-        """The (cached) dataset of ``split``; generates the default data first if asked to."""
-        if split not in self.splits:
-            raise ValueError(f"Split '{split}' is not configured; data.splits is {list(self.splits)}.")
-        if split not in self._datasets:
-            reference = self._reference_split()
-            dataset = KeypointDataset(
-                self.root / self.image_dir.format(split=split), self.root / self.ann_file.format(split=split),
-                self.image_size, self.crop_margin, max_images=self._max_images(split), split=split)
-            names = dataset.keypoint_names if split == reference else self.dataset(reference).keypoint_names
-            if dataset.keypoint_names != names:
-                raise MalformedAnnotationError(
-                    f"Annotation file of split '{split}' ({dataset.ann_file}) has keypoints "
-                    f"{dataset.keypoint_names}, but split '{reference}' has {names}. Give every split "
-                    f"the same keypoint category."
-                )
-            self._datasets[split] = dataset
-        return self._datasets[split]
+    def _load(self, split: str) -> KeypointDataset:
+        reference = self._reference_split()
+        dataset = KeypointDataset(*self._split_paths(split), self.image_size, self.crop_margin,
+                                  max_images=self._max_images(split), split=split)
+        names = dataset.keypoint_names if split == reference else self.dataset(reference).keypoint_names
+        if dataset.keypoint_names != names:
+            raise MalformedAnnotationError(
+                f"Annotation file of split '{split}' ({dataset.ann_file}) has keypoints "
+                f"{dataset.keypoint_names}, but split '{reference}' has {names}. Give every split "
+                f"the same keypoint category."
+            )
+        return dataset
 
     @property
     def num_keypoints(self) -> int:
@@ -296,44 +274,3 @@ class KeypointDataModule(LightningDataModule):
     @property
     def keypoint_names(self) -> list[str]:
         return self.dataset(self._reference_split()).keypoint_names
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def calib_dataloader(self) -> DataLoader:
-        return self._loader("calib", shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=keypoint_collate,
-                          persistent_workers=self.num_workers > 0)
-
-    def _max_images(self, split: str) -> int | None:
-        if isinstance(self.max_images, Mapping):
-            return self.max_images.get(split)
-        return self.max_images
-
-    def _check_root(self) -> None:
-        if not self.root.is_dir():
-            raise DatasetRootNotFoundError(
-                f"Dataset root folder {self.root} does not exist. Set it with data.root=/path/to/"
-                f"coco_folder (holding {self.ann_file} and {self.image_dir}/), or generate the "
-                f"default synthetic dataset there with data.generate_default=true."
-            )
-
-    def _reference_split(self) -> str:
-        """First configured split whose annotation file exists (it defines the keypoint names);
-        generates the default data first when asked to and not done yet."""
-        if self.generate_default and not self._prepared:
-            self.prepare_data()
-        self._check_root()
-        for split in self.splits:
-            if (self.root / self.ann_file.format(split=split)).is_file():
-                return split
-        return self.splits[0]  # its dataset raises AnnotationFileNotFoundError

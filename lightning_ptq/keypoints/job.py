@@ -71,7 +71,7 @@ def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None
         "nme_ratio": quant["nme"] / fp["nme"], "fp.size_kib": fp_bytes / 1024, "quant.size_kib": q_bytes / 1024,
         "size_ratio": fp_bytes / q_bytes, "calib_seconds": calib_seconds, "w_bits": qcfg.w_bits,
         "a_bits": qcfg.a_bits, "calib_images": sum(len(b[0]) for b in batches),
-        "clipped_keypoints": {split: datamodule.dataset(split).clipped for split in datamodule.splits},
+        **{f"clipped_keypoints.{split}": datamodule.dataset(split).clipped for split in datamodule.splits},
         **{f"keypoint.{k}": v for k, v in OmegaConf.to_container(cfg.keypoint, resolve=True).items()},
     }
     atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")

@@ -30,11 +30,8 @@ given seed and the first ``n`` images of a split do not depend on the split's si
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,12 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data.synthetic_detection import (
-    _background, _check_replaceable, _draw_distractors, _install, _pick_colour, _rasterise, _read_meta,
-    _to_uint8,
-)
-
-log = logging.getLogger(__name__)
+from ..data.generated import write_generated_dataset
+from ..data.synthetic_detection import _background, _draw_distractors, _pick_colour, _rasterise, _to_uint8
 
 FORMAT_VERSION = 1
 KEYPOINT_NAMES = ("head", "neck", "hip", "left_hand", "right_hand", "left_foot", "right_foot")
@@ -113,13 +106,10 @@ def generate_keypoint_dataset(
     return ``root``.
 
     ``splits`` maps split name to image count (default ``DEFAULT_SPLITS``); ``knobs`` are the
-    fields of :class:`KeypointDifficulty`. Returns at once when ``root/meta.json`` records the
-    same parameters. Otherwise generates into a temporary sibling folder and moves it into place,
-    so an interrupted run never leaves a dataset that looks complete. Raises
-    :class:`~lightning_ptq.data.NotAGeneratedDatasetError` when ``root`` is a non-empty folder
-    without a generator's meta.json, rather than delete someone's data.
+    fields of :class:`KeypointDifficulty`. Nothing is written when ``root`` already holds this dataset;
+    otherwise it is written atomically, and a folder of someone else's files is refused
+    (:func:`~lightning_ptq.data.generated.write_generated_dataset`).
     """
-    root = Path(root)
     unknown = sorted(set(knobs) - set(KeypointDifficulty.__dataclass_fields__))
     if unknown:
         raise TypeError(f"Unknown synthetic keypoint data knob(s) {unknown}; known: "
@@ -130,22 +120,8 @@ def generate_keypoint_dataset(
     meta = {"generator": "lightning_ptq.synthetic_keypoints", "version": FORMAT_VERSION,
             "splits": [[name, count] for name, count in splits.items()], "image_size": image_size, "seed": seed,
             "difficulty": asdict(difficulty)}
-    if _read_meta(root) == meta:
-        return root
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        log.info("Generating synthetic keypoint data %s in %s", splits, root)
-        first_id = 1
-        for split, count in splits.items():
-            _write_split(tmp, split, count, first_id, image_size, seed, difficulty)
-            first_id += count
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _install(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return write_generated_dataset(root, meta, splits, lambda out, split, count, first_id: _write_split(
+        out, split, count, first_id, image_size, seed, difficulty))
 
 
 def _write_split(out: Path, split: str, count: int, first_id: int, image_size: int, seed: int,
