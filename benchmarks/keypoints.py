@@ -48,14 +48,19 @@ LABELS = {**{k: v[0] for k, v in VARIANTS.items()}, INFER_COMP: "cosine, compens
 METRICS = ("nme", "pck", "oks_ap")
 
 
+def label(variant: str, beta: float) -> str:
+    return LABELS[variant] if variant == "plain" else f"{LABELS[variant]}, beta {beta:g}"
+
+
 def summarise(runs: list[dict]) -> list[dict]:
-    """Mean and spread of each metric per (variant, grid, precision), in run order."""
+    """Mean and spread of each metric per (variant, beta, grid, precision), in run order."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["variant"], run["grid"], run["precision"]), []).append(run)
+        groups.setdefault((run["variant"], run["beta"], run["grid"], run["precision"]), []).append(run)
     rows = []
-    for (variant, grid, precision), items in groups.items():
-        row = {"variant": variant, "label": LABELS[variant], "grid": grid, "precision": precision, "n": len(items)}
+    for (variant, beta, grid, precision), items in groups.items():
+        row = {"variant": variant, "beta": beta, "label": label(variant, beta), "grid": grid,
+               "precision": precision, "n": len(items)}
         for key in (*METRICS, "nme_vs_fp"):
             values = [r[key] for r in items]
             row[key] = statistics.fmean(values)
@@ -77,12 +82,12 @@ def plot(rows: list[dict], path: Path) -> None:
     precisions = list(dict.fromkeys(r["precision"] for r in rows))
     fig, axes = plt.subplots(1, len(precisions), figsize=(4.2 * len(precisions), 3.6), squeeze=False, sharey=True)
     for ax, precision in zip(axes[0], precisions):
-        for variant in dict.fromkeys(r["variant"] for r in rows):
+        for name in dict.fromkeys(r["label"] for r in rows):
             pts = sorted((r["grid"], r["nme"], r["nme_std"]) for r in rows
-                         if r["variant"] == variant and r["precision"] == precision)
+                         if r["label"] == name and r["precision"] == precision)
             if pts:
                 grids, means, stds = zip(*pts)
-                ax.errorbar(grids, means, yerr=stds, marker="o", capsize=3, label=LABELS[variant])
+                ax.errorbar(grids, means, yerr=stds, marker="o", capsize=3, label=name)
         ax.set_title(precision)
         ax.set_xlabel("grid side (cells)")
         ax.set_xticks(sorted({r["grid"] for r in rows}))
@@ -145,8 +150,8 @@ def evaluate_variant(name: str, fp_model, grid: int, seed: int, bits: list[str],
                      datamodule, console: Console) -> list[dict]:
     """FP32 and each quantized precision of one trained model: one run record per precision."""
     fp = evaluate_keypoints(fp_model, datamodule.test_dataloader(), progress=False)
-    records = [{"variant": name, "grid": grid, "seed": seed, "precision": "FP32", "nme_vs_fp": 1.0,
-                "calib_seconds": 0.0, **fp}]
+    common = {"variant": name, "beta": float(cfg.keypoint.beta), "grid": grid, "seed": seed}
+    records = [{**common, "precision": "FP32", "nme_vs_fp": 1.0, "calib_seconds": 0.0, **fp}]
     for pair in bits:
         w_bits, a_bits = (int(b) for b in pair.split(","))
         L.seed_everything(seed, verbose=False)
@@ -154,10 +159,10 @@ def evaluate_variant(name: str, fp_model, grid: int, seed: int, bits: list[str],
                                       "w_bits": w_bits, "a_bits": a_bits})
         qmodel, seconds = quantize_and_calibrate(fp_model, qcfg, batches, cfg.calib, cfg.trainer)
         quant = evaluate_keypoints(qmodel, datamodule.test_dataloader(), progress=False)
-        records.append({"variant": name, "grid": grid, "seed": seed, "precision": f"W{w_bits}A{a_bits}",
-                        "nme_vs_fp": quant["nme"] / fp["nme"], "calib_seconds": seconds, **quant})
+        records.append({**common, "precision": f"W{w_bits}A{a_bits}", "nme_vs_fp": quant["nme"] / fp["nme"],
+                        "calib_seconds": seconds, **quant})
     for r in records:
-        console.print(f"grid {grid} {LABELS[name]} seed {seed} {r['precision']}: NME {r['nme']:.4f} "
+        console.print(f"grid {grid} {label(name, r['beta'])} seed {seed} {r['precision']}: NME {r['nme']:.4f} "
                       f"({r['nme_vs_fp']:.3f} x FP32), PCK {r['pck']:.3f}, OKS AP {r['oks_ap']:.3f}")
     return records
 
