@@ -1,5 +1,6 @@
 """Atomic writes: a result or checkpoint on disk is always either the old or the new one, never
-half-written (write to a temporary file in the same folder, then ``os.replace``)."""
+half-written (write to a temporary file in the same folder, then ``os.replace``); and the
+checkpoint an interrupted Lightning run resumes from."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -36,3 +38,12 @@ def atomic_write_json(obj, path: str | Path) -> Path:
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def resume_checkpoint(dirpath: str | Path, **when) -> ModelCheckpoint:
+    """A callback that keeps one ``dirpath/last.ckpt``, rewritten whenever ``when`` says
+    (``save_on_train_epoch_end=True``, ``every_n_train_steps=N``, ...), for ``fit(ckpt_path=...)``.
+
+    Not ``ModelCheckpoint(save_top_k=0, save_last=True)``: Lightning 2.6 writes ``last.ckpt``
+    only next to a top-k checkpoint, so that never writes it before the run ends."""
+    return ModelCheckpoint(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False, **when)

@@ -5,9 +5,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from ..io import resume_checkpoint
 from .module import CalibrationModule
 from .observe import ForwardFn, calibrate_ranges, default_forward
 from .recon import qdrop_hooks, reconstruct
@@ -63,7 +63,7 @@ def calibrate(
                                failure_dir=checkpoint_dir)
     callbacks = []
     if checkpoint_dir:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=max(steps // 10, 1)))
+        callbacks.append(resume_checkpoint(checkpoint_dir, every_n_train_steps=max(steps // 10, 1)))
     kwargs = dict(
         max_steps=steps, accelerator="auto", devices=1, logger=False, enable_model_summary=False,
         enable_checkpointing=bool(checkpoint_dir), callbacks=callbacks, num_sanity_val_steps=0,

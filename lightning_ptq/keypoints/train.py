@@ -16,11 +16,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, resume_checkpoint
 from ..models.checkpoint import CheckpointMismatchError, read_checkpoint
 from ..models.optim import adamw_warmup_cosine
 from ..quant.config import ConfigError
@@ -103,7 +102,7 @@ def train_keypoint_model(datamodule, model_kwargs: dict, train: dict, work_dir: 
     work_dir = Path(work_dir)
     trainer = L.Trainer(
         max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True)],
+        callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
         num_sanity_val_steps=0, check_val_every_n_epoch=max(1, train["epochs"] // 3), **(trainer_kwargs or {}),
     )
     last = work_dir / "last.ckpt"

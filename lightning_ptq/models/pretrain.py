@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import detection_collate
+from ..io import resume_checkpoint
 from ..quant.config import ConfigError
 from .checkpoint import load_detector, save_detector
 from .detector import DETECTORS, DetectorModule
@@ -87,7 +87,7 @@ def _pretrain(datamodule, name: str, kwargs: dict, train: dict, work_dir: Path,
     has_val = "val" in datamodule.splits
     trainer = L.Trainer(
         max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True)],
+        callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
         check_val_every_n_epoch=train["val_every"], limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0, **trainer_kwargs,
     )

@@ -64,3 +64,29 @@ def test_user_checkpoint_is_used_instead_of_pretraining(datamodule, tmp_path, mo
 def test_bad_model_config(datamodule, tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         pretrained_detector(datamodule, {**TINY, **change}, tmp_path, TRAINER)
+
+
+def test_interrupted_pretraining_resumes_from_the_last_epoch(datamodule, tmp_path, monkeypatch):
+    from lightning_ptq.models import DetectorModule
+
+    original, epochs = DetectorModule.training_step, []
+    two_epochs = {**TINY, "train": {**TINY["train"], "epochs": 2}}
+
+    def crash_in_epoch_2(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("power cut")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DetectorModule, "training_step", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="power cut"):
+        pretrained_detector(datamodule, two_epochs, tmp_path, TRAINER)
+    (work_dir,) = tmp_path.glob("yolo-*.training")
+    assert (work_dir / "last.ckpt").is_file()  # written at the end of epoch 1
+
+    def counting(self, batch, batch_idx):
+        epochs.append(self.current_epoch)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DetectorModule, "training_step", counting)
+    pretrained_detector(datamodule, two_epochs, tmp_path, TRAINER)
+    assert set(epochs) == {1}  # epoch 1 was not run again

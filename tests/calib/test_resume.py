@@ -1,0 +1,49 @@
+"""An interrupted calibration resumes from its last checkpoint and ends where an uninterrupted one
+does."""
+import pytest
+import torch
+from torch import nn
+
+from lightning_ptq import QuantConfig, calibrate, quantize
+from lightning_ptq.calib import CalibrationModule
+from lightning_ptq.quant import quantizer_parameters
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+
+
+def _batches():
+    torch.manual_seed(1)
+    return [torch.rand(4, 3, 12, 12) for _ in range(3)]
+
+
+def _calibrate(model, checkpoint_dir):
+    qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
+    calibrate(model, qmodel, _batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir,
+              trainer_kwargs={"enable_progress_bar": False})
+    return [p.detach().clone() for p in quantizer_parameters(qmodel)]
+
+
+def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatch):
+    model = _model()
+    reference = _calibrate(model, tmp_path / "straight")
+
+    original = CalibrationModule.training_step
+
+    def crash_at_step_6(self, batch, batch_idx):
+        if self.global_step == 6:
+            raise RuntimeError("power cut")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CalibrationModule, "training_step", crash_at_step_6)
+    with pytest.raises(RuntimeError, match="power cut"):
+        _calibrate(model, tmp_path / "cut")
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)  # our own file, written by Lightning
+    assert saved["global_step"] == 6  # written after every step (steps // 10), not only at the end
+
+    monkeypatch.setattr(CalibrationModule, "training_step", original)
+    resumed = _calibrate(model, tmp_path / "cut")
+    for a, b in zip(resumed, reference):
+        torch.testing.assert_close(a, b)
