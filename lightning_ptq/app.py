@@ -24,6 +24,7 @@ from .data import (
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
 from .keypoints import KeypointNet, NonFiniteLogitsError, run_keypoints
+from .keypoints.job import keypoint_model_kwargs
 from .models import (
     CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
     pretrained_detector,
@@ -70,6 +71,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     check_calib_config(cfg.calib)
     is_keypoint = cfg.model.name == KeypointNet.family
     check_loss_family(cfg.calib.loss, is_keypoint)
+    if is_keypoint:
+        keypoint_model_kwargs(cfg)  # bad keypoint settings fail before anything is written
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -57,13 +57,13 @@ def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None
     ``keypoints.png`` to ``run_dir``; returns the results."""
     kwargs = keypoint_model_kwargs(cfg)  # fails fast on bad keypoint settings
     datamodule, fp_model = load_keypoint_data_and_model(cfg, kwargs)
-    progress = cfg.trainer.enable_progress_bar
-    fp = evaluate_keypoints(fp_model, datamodule.test_dataloader(), progress=progress)
+    evaluate = dict(progress=cfg.trainer.enable_progress_bar, sigmas=cfg.eval.oks_sigmas)
+    fp = evaluate_keypoints(fp_model, datamodule.test_dataloader(), **evaluate)
     batches = calibration_batches(datamodule, cfg.calib.num_images)
     qmodel, calib_seconds = quantize_and_calibrate(
         fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
         checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None)
-    quant = evaluate_keypoints(qmodel, datamodule.test_dataloader(), progress=progress)
+    quant = evaluate_keypoints(qmodel, datamodule.test_dataloader(), **evaluate)
 
     fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
     results = {

@@ -158,11 +158,12 @@ def load_keypoint_model(path: str | os.PathLike, num_keypoints: int, image_size:
 
 
 @torch.no_grad()
-def evaluate_keypoints(model: nn.Module, loader, progress: bool = True) -> dict[str, float]:
-    """NME, PCK@0.05 and COCO OKS AP of ``model`` on ``loader`` (a keypoint split's loader)."""
+def evaluate_keypoints(model: nn.Module, loader, progress: bool = True, sigmas=None) -> dict[str, float]:
+    """NME, PCK@0.05 and COCO OKS AP of ``model`` on ``loader`` (a keypoint split's loader);
+    ``sigmas``: the per-keypoint OKS falloffs (default 0.05 each, see ``metrics``)."""
     was_training = model.training
     model.eval()
-    evaluator = KeypointEvaluator(loader.dataset)
+    evaluator = KeypointEvaluator(loader.dataset, sigmas)
     for images, target in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         out = model(images)
         check_finite(model, images, out)
