@@ -91,7 +91,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(precision)
         ax.set_xlabel("grid side (cells)")
         ax.set_xticks(sorted({r["grid"] for r in rows}))
-    axes[0][0].set_ylabel("NME (test split)")
+    axes[0][0].set_yscale("log")  # one failing variant must not flatten the others
+    axes[0][0].set_ylabel("NME (test split, log scale)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -113,7 +114,7 @@ def main() -> None:
     if args.combine:
         parts = [json.loads((Path(folder) / "keypoints.json").read_text()) for folder in args.combine]
         runs = [r for p in parts for r in p["runs"]]
-        write(out, runs, parts[0]["overrides"], Console())
+        write(out, runs, {folder: p["overrides"] for folder, p in zip(args.combine, parts)}, Console())
         return
     console = Console()
     runs = []
@@ -137,8 +138,9 @@ def main() -> None:
     write(out, runs, args.overrides, console)
 
 
-def write(out: Path, runs: list[dict], overrides: list[str], console: Console) -> None:
-    """JSON, markdown table and plot of ``runs`` in ``out``; the table is printed too."""
+def write(out: Path, runs: list[dict], overrides, console: Console) -> None:
+    """JSON, markdown table and plot of ``runs`` in ``out``; the table is printed too. ``overrides``:
+    the Hydra overrides of the run (per source folder for combined runs)."""
     rows = summarise(runs)
     atomic_write_json({"runs": runs, "summary": rows, "overrides": overrides}, out / "keypoints.json")
     (out / "keypoints.md").write_text(markdown(rows))
