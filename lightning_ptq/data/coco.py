@@ -98,6 +98,18 @@ def _validate(data, ann_file: Path) -> None:
             fail(f"annotation id {ann['id']} refers to category_id {ann['category_id']!r}, which is not in 'categories'")
 
 
+def check_image_files(image_dir: Path, coco: COCO, image_ids: Sequence[int], where: str) -> None:
+    """Raise :class:`ImageFileNotFoundError` when an image of ``image_ids`` is not on disk."""
+    missing = [image_dir / coco.imgs[i]["file_name"] for i in image_ids
+               if not (image_dir / coco.imgs[i]["file_name"]).is_file()]
+    if missing:
+        raise ImageFileNotFoundError(
+            f"{len(missing)} image file(s) listed in {where} do not exist, e.g. {missing[0]}. "
+            f"'file_name' is read relative to the image folder {image_dir}; point "
+            f"data.image_dir at the right folder or restore the missing files."
+        )
+
+
 class CocoDetectionDataset(Dataset):
     """One COCO split. ``dataset[i]`` is ``(image, target)``:
 
@@ -137,7 +149,7 @@ class CocoDetectionDataset(Dataset):
                 f"Annotation file for {where} lists no images, so this split is empty. Add images "
                 f"to it (a calibration split needs at least one batch), or regenerate the data."
             )
-        self._check_image_files(where)
+        check_image_files(self.image_dir, self.coco, self.image_ids, where)
         self.skipped = {"crowd": 0, "degenerate": 0}
         self._targets = [self._read_target(image_id) for image_id in self.image_ids]
 
@@ -148,16 +160,6 @@ class CocoDetectionDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
-
-    def _check_image_files(self, where: str) -> None:
-        missing = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids
-                   if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()]
-        if missing:
-            raise ImageFileNotFoundError(
-                f"{len(missing)} image file(s) listed in {where} do not exist, e.g. {missing[0]}. "
-                f"'file_name' is read relative to the image folder {self.image_dir}; point "
-                f"data.image_dir at the right folder or restore the missing files."
-            )
 
     def _read_target(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept boxes as float64 [N, 4] xywh in original pixels, and labels int64 [N]."""

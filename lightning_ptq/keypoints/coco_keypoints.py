@@ -32,8 +32,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from ..data.coco import (
-    AnnotationFileNotFoundError, EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError,
-    SplitFoldersDataModule, load_coco,
+    AnnotationFileNotFoundError, EmptySplitError, MalformedAnnotationError, SplitFoldersDataModule,
+    check_image_files, load_coco,
 )
 from .synthetic import generate_keypoint_dataset
 
@@ -121,7 +121,7 @@ class KeypointDataset(Dataset):
                 f"Annotation file for {where} lists no images, so this split is empty. Add images "
                 f"to it (a calibration split needs at least one batch), or regenerate the data."
             )
-        self._check_image_files(where)
+        check_image_files(self.image_dir, self.coco, self.image_ids, where)
         self.skipped = {"crowd": 0, "no_keypoints": 0, "degenerate": 0, "other_category": 0}
         self.annotations = [ann for image_id in self.image_ids for ann in self._kept(image_id)]
         if not self.annotations:
@@ -146,16 +146,6 @@ class KeypointDataset(Dataset):
     @property
     def num_keypoints(self) -> int:
         return len(self.category["keypoints"])
-
-    def _check_image_files(self, where: str) -> None:
-        missing = [self.image_dir / self.coco.imgs[i]["file_name"] for i in self.image_ids
-                   if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()]
-        if missing:
-            raise ImageFileNotFoundError(
-                f"{len(missing)} image file(s) listed in {where} do not exist, e.g. {missing[0]}. "
-                f"'file_name' is read relative to the image folder {self.image_dir}; point "
-                f"data.image_dir at the right folder or restore the missing files."
-            )
 
     def _kept(self, image_id: int) -> list[dict]:
         kept = []
