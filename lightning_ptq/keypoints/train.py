@@ -34,7 +34,7 @@ TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 3e-3, "weight_decay": 5e
 
 class KeypointModule(L.LightningModule):
     """Trains a :class:`KeypointNet` on its coordinate loss (AdamW, warm-up + cosine) and reports
-    the validation NME after each epoch."""
+    the validation NME three times during training."""
 
     def __init__(self, num_keypoints: int, image_size: int = 64, model_kwargs: dict | None = None,
                  lr: float = 3e-3, weight_decay: float = 5e-4, warmup_fraction: float = 0.05):
