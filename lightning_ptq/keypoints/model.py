@@ -26,7 +26,7 @@ from torch import nn
 
 from ..calib.module import first_non_finite_module
 from ..quant.config import ConfigError
-from .softargmax import axis_logits, cell_centres, soft_argmax
+from .softargmax import grid_coordinates
 
 LOGIT_KINDS = ("cosine", "linear")
 
@@ -102,10 +102,7 @@ class KeypointNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"coords": [B, K, 2] (x, y) input pixels, "x_logits": [B, K, G], "y_logits": [B, K, G]}``."""
-        lx, ly = axis_logits(self.cell_logits(images))
-        positions = cell_centres(self.grid, self.stride, images.device)
-        coords = torch.stack([soft_argmax(lx, positions, self.compensate),
-                              soft_argmax(ly, positions, self.compensate)], dim=-1)
+        coords, lx, ly = grid_coordinates(self.cell_logits(images), self.stride, self.compensate)
         return {"coords": coords, "x_logits": lx, "y_logits": ly}
 
 

@@ -75,9 +75,11 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def grid_coordinates(cell_logits: torch.Tensor, stride: float, compensate: bool = False) -> torch.Tensor:
-    """``[B, K, H, W]`` cell logits -> keypoint coordinates ``[B, K, 2]`` (x, y) in input pixels."""
+def grid_coordinates(cell_logits: torch.Tensor, stride: float, compensate: bool = False):
+    """``[B, K, H, W]`` cell logits -> ``(coordinates [B, K, 2] (x, y) in input pixels, x logits
+    [B, K, W], y logits [B, K, H])``."""
     lx, ly = axis_logits(cell_logits)
     xs = cell_centres(lx.shape[-1], stride, lx.device)
     ys = cell_centres(ly.shape[-1], stride, ly.device)
-    return torch.stack([soft_argmax(lx, xs, compensate), soft_argmax(ly, ys, compensate)], dim=-1)
+    coords = torch.stack([soft_argmax(lx, xs, compensate), soft_argmax(ly, ys, compensate)], dim=-1)
+    return coords, lx, ly

@@ -87,5 +87,6 @@ def test_axis_logits_are_means_over_the_other_axis_and_grid_coordinates_use_them
     lx, ly = axis_logits(cells)
     assert lx.shape == (1, 1, 8) and ly.shape == (1, 1, 4)
     assert lx[0, 0, 6].item() == pytest.approx(10.0) and ly[0, 0, 1].item() == pytest.approx(5.0)
-    xy = grid_coordinates(cells, stride=2.0, compensate=True)
+    xy, gx, gy = grid_coordinates(cells, stride=2.0, compensate=True)
+    torch.testing.assert_close((gx, gy), (lx, ly))
     torch.testing.assert_close(xy[0, 0], torch.tensor([13.0, 3.0]))
