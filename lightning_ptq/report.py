@@ -18,26 +18,35 @@ TABLE_ROWS = [
 ]
 
 
-def results_table(results: dict) -> Table:
-    """FP32 vs quantized, with retention and calibration time in the caption."""
+def comparison_table(results: dict, rows: list[tuple], title: str, caption: str) -> Table:
+    """FP32 vs quantized: one line per ``(label, fp key, quantized key, format)`` of ``rows``
+    present in ``results``."""
     bits = f"W{results['w_bits']}A{results['a_bits']}"
-    table = Table(title=f"lightning_ptq: FP32 vs {bits} on the test split")
+    table = Table(title=f"{title}: FP32 vs {bits} on the test split")
     for col in ("metric", "FP32", bits):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for label, fp_key, q_key, fmt in TABLE_ROWS:
+    for label, fp_key, q_key, fmt in rows:
         if fp_key in results and q_key in results:
             table.add_row(label, fmt.format(results[fp_key]), fmt.format(results[q_key]))
-    table.caption = (
-        f"retention (quant / FP mAP) {results['retention']:.1%} | calibration "
-        f"{results['calib_seconds']:.1f} s | size ratio {results['size_ratio']:.1f}x"
-    )
+    table.caption = caption
     return table
 
 
-def table_rows(results: dict) -> tuple[list[str], list[list]]:
+def comparison_rows(results: dict, rows: list[tuple]) -> tuple[list[str], list[list]]:
     """The same table as plain columns and rows (for W&B)."""
-    rows = [[label, results[f], results[q]] for label, f, q, _ in TABLE_ROWS if f in results and q in results]
-    return ["metric", "fp32", "quantized"], rows
+    return ["metric", "fp32", "quantized"], [[label, results[f], results[q]] for label, f, q, _ in rows
+                                             if f in results and q in results]
+
+
+def results_table(results: dict) -> Table:
+    """The detector job's table, with retention and calibration time in the caption."""
+    return comparison_table(results, TABLE_ROWS, "lightning_ptq", (
+        f"retention (quant / FP mAP) {results['retention']:.1%} | calibration "
+        f"{results['calib_seconds']:.1f} s | size ratio {results['size_ratio']:.1f}x"))
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list]]:
+    return comparison_rows(results, TABLE_ROWS)
 
 
 def plot_detections(

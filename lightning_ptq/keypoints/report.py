@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from ..report import comparison_rows, comparison_table  # noqa: E402
+
 KEYPOINT_ROWS = [
     ("NME (lower is better)", "fp.nme", "quant.nme", "{:.4f}"),
     ("PCK@0.05", "fp.pck", "quant.pck", "{:.4f}"),
@@ -21,20 +23,13 @@ KEYPOINT_ROWS = [
 
 def keypoint_results_table(results: dict) -> Table:
     """FP32 vs quantized keypoint metrics, with the NME ratio and calibration time in the caption."""
-    bits = f"W{results['w_bits']}A{results['a_bits']}"
-    table = Table(title=f"lightning_ptq keypoints: FP32 vs {bits} on the test split")
-    for col in ("metric", "FP32", bits):
-        table.add_column(col, justify="right" if col != "metric" else "left")
-    for label, fp_key, q_key, fmt in KEYPOINT_ROWS:
-        table.add_row(label, fmt.format(results[fp_key]), fmt.format(results[q_key]))
-    table.caption = (f"NME quantized / FP {results['nme_ratio']:.3f} | calibration {results['calib_seconds']:.1f} s"
-                     f" | size ratio {results['size_ratio']:.1f}x")
-    return table
+    return comparison_table(results, KEYPOINT_ROWS, "lightning_ptq keypoints", (
+        f"NME quantized / FP {results['nme_ratio']:.3f} | calibration {results['calib_seconds']:.1f} s"
+        f" | size ratio {results['size_ratio']:.1f}x"))
 
 
 def keypoint_table_rows(results: dict) -> tuple[list[str], list[list]]:
-    """The same table as plain columns and rows (for W&B)."""
-    return ["metric", "fp32", "quantized"], [[label, results[f], results[q]] for label, f, q, _ in KEYPOINT_ROWS]
+    return comparison_rows(results, KEYPOINT_ROWS)
 
 
 def plot_keypoints(images: torch.Tensor, truth: torch.Tensor, fp: torch.Tensor, quant: torch.Tensor,
