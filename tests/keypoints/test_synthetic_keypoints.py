@@ -1,3 +1,5 @@
+"""The embedded keypoint data: deterministic, valid COCO keypoints, landmarks at sub-pixel
+positions that the pixels really encode, safe generation."""
 import json
 import os
 
