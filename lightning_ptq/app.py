@@ -21,8 +21,6 @@ from .data import (
     AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
     MalformedAnnotationError, NotAGeneratedDatasetError,
 )
-from .export import export_packed, float_size_bytes, packed_size_bytes
-from .io import atomic_torch_save, atomic_write_json
 from .keypoints import KeypointNet, NonFiniteLogitsError, run_keypoints
 from .keypoints.job import keypoint_model_kwargs
 from .models import (
@@ -30,7 +28,8 @@ from .models import (
     pretrained_detector,
 )
 from .pipeline import (
-    calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate,
+    calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate, run_results,
+    save_run,
 )
 from .quant import ConfigError, LayerPatternError, QuantConfig
 from .report import plot_detections, results_table, table_rows
@@ -71,14 +70,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     check_calib_config(cfg.calib)
     is_keypoint = cfg.model.name == KeypointNet.family
     check_loss_family(cfg.calib.loss, is_keypoint)
-    if is_keypoint:
-        keypoint_model_kwargs(cfg)  # bad keypoint settings fail before anything is written
+    keypoint_kwargs = keypoint_model_kwargs(cfg) if is_keypoint else None  # fails before anything is written
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     logger = instantiate(cfg.logger) if cfg.logger else None
     if is_keypoint:
-        return run_keypoints(cfg, run_dir, qcfg, logger)
+        return run_keypoints(cfg, run_dir, qcfg, keypoint_kwargs, logger)
     return run_detection(cfg, run_dir, qcfg, logger)
 
 
@@ -94,18 +92,9 @@ def run_detection(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None
     )
     quant = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs(cfg))
 
-    fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
-    results = {
-        **{f"fp.{k}": float(v) for k, v in fp.items()},
-        **{f"quant.{k}": float(v) for k, v in quant.items()},
-        "fp.size_kib": fp_bytes / 1024, "quant.size_kib": q_bytes / 1024, "size_ratio": fp_bytes / q_bytes,
-        "retention": float(quant["map"] / fp["map"]) if fp["map"] > 0 else 0.0,
-        "calib_seconds": calib_seconds, "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits,
-        "calib_images": sum(len(b[0]) for b in batches),
-    }
-    atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")
-    atomic_torch_save(export_packed(qmodel), run_dir / "packed.pt")
-    atomic_write_json(results, run_dir / "results.json")
+    results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds)
+    results["retention"] = float(quant["map"] / fp["map"]) if fp["map"] > 0 else 0.0
+    save_run(run_dir, qmodel, results)
     Console().print(results_table(results))
 
     vis = _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")

@@ -9,6 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .calib import FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .export import export_packed, float_size_bytes, packed_size_bytes
+from .io import atomic_torch_save, atomic_write_json
 from .quant import ConfigError, QuantConfig, quantize
 
 LOSSES = ("output_mse", "fgl", "keypoint_distill")
@@ -89,6 +91,26 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
                             accelerator=trainer.accelerator, devices=trainer.devices),
     )
     return qmodel, time.perf_counter() - start
+
+
+def run_results(fp_model, qmodel, qcfg: QuantConfig, fp: dict, quant: dict, batches: list,
+                calib_seconds: float) -> dict:
+    """What every job reports: the FP and quantized metrics (``fp.*``, ``quant.*``), model sizes,
+    bit widths, calibration time and images."""
+    fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
+    return {
+        **{f"fp.{k}": float(v) for k, v in fp.items()}, **{f"quant.{k}": float(v) for k, v in quant.items()},
+        "fp.size_kib": fp_bytes / 1024, "quant.size_kib": q_bytes / 1024, "size_ratio": fp_bytes / q_bytes,
+        "calib_seconds": calib_seconds, "w_bits": qcfg.w_bits, "a_bits": qcfg.a_bits,
+        "calib_images": sum(len(b[0]) for b in batches),
+    }
+
+
+def save_run(run_dir: Path, qmodel, results: dict) -> None:
+    """The quantized state_dict, the bit-packed export and ``results.json``, each atomically."""
+    atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")
+    atomic_torch_save(export_packed(qmodel), run_dir / "packed.pt")
+    atomic_write_json(results, run_dir / "results.json")
 
 
 def log_to_wandb(logger, results: dict, table: tuple[list[str], list[list]], image: Path, image_key: str,

@@ -13,9 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ..export import export_packed, float_size_bytes, packed_size_bytes
-from ..io import atomic_torch_save, atomic_write_json
-from ..pipeline import calibration_batches, log_to_wandb, quantize_and_calibrate
+from ..pipeline import calibration_batches, log_to_wandb, quantize_and_calibrate, run_results, save_run
 from ..quant import QuantConfig
 from ..quant.config import ConfigError
 from .model import check_keypoint_settings
@@ -52,10 +50,10 @@ def load_keypoint_data_and_model(cfg: DictConfig, kwargs: dict):
     return datamodule, model.eval()
 
 
-def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None) -> dict:
-    """The keypoint job; writes ``results.json``, the quantized and packed weights and
-    ``keypoints.png`` to ``run_dir``; returns the results."""
-    kwargs = keypoint_model_kwargs(cfg)  # fails fast on bad keypoint settings
+def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, kwargs: dict, logger=None) -> dict:
+    """The keypoint job with the model settings ``kwargs`` (:func:`keypoint_model_kwargs`); writes
+    ``results.json``, the quantized and packed weights and ``keypoints.png`` to ``run_dir``;
+    returns the results."""
     datamodule, fp_model = load_keypoint_data_and_model(cfg, kwargs)
     evaluate = dict(progress=cfg.trainer.enable_progress_bar, sigmas=cfg.eval.oks_sigmas)
     fp = evaluate_keypoints(fp_model, datamodule.test_dataloader(), **evaluate)
@@ -65,18 +63,13 @@ def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None
         checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None)
     quant = evaluate_keypoints(qmodel, datamodule.test_dataloader(), **evaluate)
 
-    fp_bytes, q_bytes = float_size_bytes(fp_model), packed_size_bytes(qmodel)
     results = {
-        **{f"fp.{k}": v for k, v in fp.items()}, **{f"quant.{k}": v for k, v in quant.items()},
-        "nme_ratio": quant["nme"] / fp["nme"], "fp.size_kib": fp_bytes / 1024, "quant.size_kib": q_bytes / 1024,
-        "size_ratio": fp_bytes / q_bytes, "calib_seconds": calib_seconds, "w_bits": qcfg.w_bits,
-        "a_bits": qcfg.a_bits, "calib_images": sum(len(b[0]) for b in batches),
+        **run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds),
+        "nme_ratio": quant["nme"] / fp["nme"],
         **{f"clipped_keypoints.{split}": datamodule.dataset(split).clipped for split in datamodule.splits},
         **{f"keypoint.{k}": v for k, v in OmegaConf.to_container(cfg.keypoint, resolve=True).items()},
     }
-    atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")
-    atomic_torch_save(export_packed(qmodel), run_dir / "packed.pt")
-    atomic_write_json(results, run_dir / "results.json")
+    save_run(run_dir, qmodel, results)
     Console().print(keypoint_results_table(results))
 
     vis = _keypoints_figure(fp_model, qmodel, datamodule, cfg.eval.num_vis_images, run_dir,
