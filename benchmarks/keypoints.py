@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +33,7 @@ from lightning_ptq.keypoints.job import keypoint_model_kwargs, load_keypoint_dat
 from lightning_ptq.keypoints.train import evaluate_keypoints
 from lightning_ptq.pipeline import calibration_batches, quantize_and_calibrate
 from lightning_ptq.quant import QuantConfig
+from lightning_ptq.report import mean_and_spread
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,19 +54,8 @@ def label(variant: str, beta: float) -> str:
 
 def summarise(runs: list[dict]) -> list[dict]:
     """Mean and spread of each metric per (variant, beta, grid, precision), in run order."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run["variant"], run["beta"], run["grid"], run["precision"]), []).append(run)
-    rows = []
-    for (variant, beta, grid, precision), items in groups.items():
-        row = {"variant": variant, "beta": beta, "label": label(variant, beta), "grid": grid,
-               "precision": precision, "n": len(items)}
-        for key in (*METRICS, "nme_vs_fp"):
-            values = [r[key] for r in items]
-            row[key] = statistics.fmean(values)
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(row)
-    return rows
+    rows = mean_and_spread(runs, ("variant", "beta", "grid", "precision"), (*METRICS, "nme_vs_fp"))
+    return [{**row, "label": label(row["variant"], row["beta"])} for row in rows]
 
 
 def markdown(rows: list[dict]) -> str:

@@ -13,7 +13,6 @@ plot of W4A4 retention to ``--out`` (a folder).
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
 from lightning_ptq.models import evaluate_detections
 from lightning_ptq.quant import QuantConfig
+from lightning_ptq.report import mean_and_spread
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -109,17 +109,10 @@ def seeded_batches(datamodule, num_images: int, batch_size: int, seed: int) -> l
 
 def summarise(runs: list[dict]) -> list[dict]:
     """Mean and spread (sample std; 0 for one seed) per (bits, method)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["bits"], r["method"]), []).append(r)
-    rows = []
-    for (bits, method), rs in groups.items():
-        row = {"bits": bits, "method": method, "seeds": len(rs)}
-        for key in ("map", "map50", "map75", "retention", "calib_seconds", "peak_rss_mib"):
-            values = [r[key] for r in rs]
-            row[key] = statistics.fmean(values)
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(row)
+    rows = mean_and_spread(runs, ("bits", "method"), ("map", "map50", "map75", "retention", "calib_seconds",
+                                                      "peak_rss_mib"))
+    for row in rows:
+        row["seeds"] = row.pop("n")
     return rows
 
 

@@ -1,6 +1,7 @@
 """What the main job shows a person: the FP-vs-quantized table and a picture of detections."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +48,24 @@ def results_table(results: dict) -> Table:
 
 def table_rows(results: dict) -> tuple[list[str], list[list]]:
     return comparison_rows(results, TABLE_ROWS)
+
+
+def mean_and_spread(runs: list[dict], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict]:
+    """Benchmark runs grouped by the keys ``by`` (in first-seen order): per group its keys, the run
+    count ``n`` and, per metric, the mean and the sample standard deviation (``<metric>_std``; 0
+    for one run)."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[key] for key in by), []).append(run)
+    rows = []
+    for values, items in groups.items():
+        row = {**dict(zip(by, values)), "n": len(items)}
+        for metric in metrics:
+            samples = [r[metric] for r in items]
+            row[metric] = statistics.fmean(samples)
+            row[f"{metric}_std"] = statistics.stdev(samples) if len(samples) > 1 else 0.0
+        rows.append(row)
+    return rows
 
 
 def plot_detections(

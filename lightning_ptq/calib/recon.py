@@ -4,9 +4,9 @@ Instead of one loss on the network's output, the quantized network is calibrated
 in forward order. For each block, its output with quantization switched off (on float inputs)
 is the target and the quantized model's own input to it (earlier blocks already quantized and
 reconstructed) is the input; the block's learnable quantizer parameters are fitted to minimise
-the mean squared error between the two. As in QDrop, while a block is being fitted each of its activation quantizers is
-bypassed element-wise with probability ``drop_prob``, which makes the result flatter and
-generalise better beyond the calibration images.
+the mean squared error between the two. As in QDrop, while a block is being fitted each of its
+activation quantizers is bypassed element-wise with probability ``drop_prob``, which makes the
+result flatter and generalise better beyond the calibration images.
 
 Blocks are found automatically (:func:`find_blocks`): the largest modules holding at most
 ``max_layers`` quantized layers. A module that is called several times per forward (a head
