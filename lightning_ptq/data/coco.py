@@ -98,8 +98,16 @@ def _validate(data, ann_file: Path) -> None:
             fail(f"annotation id {ann['id']} refers to category_id {ann['category_id']!r}, which is not in 'categories'")
 
 
-def check_image_files(image_dir: Path, coco: COCO, image_ids: Sequence[int], where: str) -> None:
-    """Raise :class:`ImageFileNotFoundError` when an image of ``image_ids`` is not on disk."""
+def split_image_ids(coco: COCO, image_dir: Path, max_images: int | None, where: str) -> list[int]:
+    """The first ``max_images`` image ids of a split (all by default), sorted; raises
+    :class:`EmptySplitError` when there is none and :class:`ImageFileNotFoundError` when one of
+    their files is not on disk."""
+    image_ids = sorted(coco.getImgIds())[:max_images]
+    if not image_ids:
+        raise EmptySplitError(
+            f"Annotation file for {where} lists no images, so this split is empty. Add images "
+            f"to it (a calibration split needs at least one batch), or regenerate the data."
+        )
     missing = [image_dir / coco.imgs[i]["file_name"] for i in image_ids
                if not (image_dir / coco.imgs[i]["file_name"]).is_file()]
     if missing:
@@ -108,6 +116,7 @@ def check_image_files(image_dir: Path, coco: COCO, image_ids: Sequence[int], whe
             f"'file_name' is read relative to the image folder {image_dir}; point "
             f"data.image_dir at the right folder or restore the missing files."
         )
+    return image_ids
 
 
 class CocoDetectionDataset(Dataset):
@@ -143,13 +152,7 @@ class CocoDetectionDataset(Dataset):
                 f"mapping {self.category_ids} (from the first split) lacks. Give every split the "
                 f"same 'categories' list."
             )
-        self.image_ids = sorted(self.coco.getImgIds())[:max_images]
-        if not self.image_ids:
-            raise EmptySplitError(
-                f"Annotation file for {where} lists no images, so this split is empty. Add images "
-                f"to it (a calibration split needs at least one batch), or regenerate the data."
-            )
-        check_image_files(self.image_dir, self.coco, self.image_ids, where)
+        self.image_ids = split_image_ids(self.coco, self.image_dir, max_images, where)
         self.skipped = {"crowd": 0, "degenerate": 0}
         self._targets = [self._read_target(image_id) for image_id in self.image_ids]
 

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from ..data.coco import (
     AnnotationFileNotFoundError, EmptySplitError, MalformedAnnotationError, SplitFoldersDataModule,
-    check_image_files, load_coco,
+    load_coco, split_image_ids,
 )
 from .synthetic import generate_keypoint_dataset
 
@@ -115,13 +115,7 @@ class KeypointDataset(Dataset):
                 f"data.ann_file at it (a pattern with {{split}}), or drop the split from data.splits."
             )
         self.coco, self.category = load_coco_keypoints(self.ann_file)
-        self.image_ids = sorted(self.coco.getImgIds())[:max_images]
-        if not self.image_ids:
-            raise EmptySplitError(
-                f"Annotation file for {where} lists no images, so this split is empty. Add images "
-                f"to it (a calibration split needs at least one batch), or regenerate the data."
-            )
-        check_image_files(self.image_dir, self.coco, self.image_ids, where)
+        self.image_ids = split_image_ids(self.coco, self.image_dir, max_images, where)
         self.skipped = {"crowd": 0, "no_keypoints": 0, "degenerate": 0, "other_category": 0}
         self.annotations = [ann for image_id in self.image_ids for ann in self._kept(image_id)]
         if not self.annotations:
