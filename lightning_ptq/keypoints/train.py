@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import atomic_torch_save, resume_checkpoint
-from ..models.checkpoint import CheckpointMismatchError, read_checkpoint
+from ..models.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
 from ..quant.config import ConfigError
 from .metrics import KeypointEvaluator, nme
@@ -139,9 +139,7 @@ def load_keypoint_model(path: str | os.PathLike, num_keypoints: int, image_size:
     elif "format" in payload:
         raise CheckpointMismatchError(
             f"Checkpoint {path} has format {payload['format']!r}, not a keypoint model ({FORMAT!r}).")
-    state = payload.get("state_dict", payload)
-    if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of KeypointModule
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    state = state_dict_of(payload, path)  # ours, a bare state_dict or a KeypointModule Lightning checkpoint
     model = KeypointNet(num_keypoints, image_size=image_size, **model_kwargs)
     try:
         result = model.load_state_dict(state, strict=False)

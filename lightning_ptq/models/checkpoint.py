@@ -81,7 +81,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def _state_dict_of(payload: dict, path: Path) -> dict[str, torch.Tensor]:
+def state_dict_of(payload: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint ``payload``: our ``state_dict`` entry, a bare state_dict, or a
+    Lightning checkpoint of a module holding the network as ``model`` (prefix removed)."""
     state = payload.get("state_dict", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptCheckpointError(f"Checkpoint {path} has no state_dict of tensors.")
@@ -118,7 +120,7 @@ def load_detector(path: str | os.PathLike, num_classes: int, image_size: int, mo
                     f"Use a checkpoint trained on this data, or set model.checkpoint=null to pretrain one."
                 )
     model = build_detector(name, num_classes, image_size, model_kwargs)
-    _load_strict(model, _state_dict_of(payload, path), path, model_kwargs)
+    _load_strict(model, state_dict_of(payload, path), path, model_kwargs)
     return model
 
 
