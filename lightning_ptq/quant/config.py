@@ -67,6 +67,8 @@ class QuantConfig:
         percentile: for ``percentile``: the share of values kept inside the range, in (50, 100].
         learnable: make scales (and activation zero points) trainable parameters (LSQ).
         fold_bn: fold BatchNorm into the preceding convolution before quantizing.
+        fuse_act: fuse each conv with the activation that follows it (after its BN) into one
+            unit (:mod:`~lightning_ptq.quant.fuse`), as a deployed kernel runs them.
         include, exclude: ``fnmatch`` patterns on module names (``model.head.*``); a layer is
             quantized when it matches an include pattern, no exclude pattern, and ``types``.
         types: layer types to quantize, any of ``Conv2d``, ``Linear``.
@@ -89,6 +91,7 @@ class QuantConfig:
     percentile: float = 99.99
     learnable: bool = True
     fold_bn: bool = True
+    fuse_act: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     types: tuple[str, ...] = LAYER_TYPES

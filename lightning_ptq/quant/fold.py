@@ -51,7 +51,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None, 
     when the folded model's output differs from the original one (a BN that is not applied right
     after its conv in ``forward``), naming the pairs so they can be excluded.
     """
-    reference = _outputs(model, example_input) if example_input is not None else None
+    reference = model_outputs(model, example_input) if example_input is not None else None
     pairs = find_conv_bn_pairs(model)
     modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
@@ -59,7 +59,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None, 
         parent_name, _, child = bn_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, nn.Identity())
     if reference is not None:
-        folded = _outputs(model, example_input)
+        folded = model_outputs(model, example_input)
         err = max((a - b).abs().max().item() for a, b in zip(reference, folded))
         scale = max(a.abs().max().item() for a in reference)
         if err > atol * max(scale, 1.0):
@@ -70,7 +70,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None, 
     return pairs
 
 
-def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
+from .fuse import FusedConv2d
 from .laq import LogAffineQuantizer
 from .quantizer import FakeQuantizer, QuantizerBase
 
@@ -31,10 +32,12 @@ class QuantLayerMixin:
                    laq_weights: bool = False, laq_inputs: bool = False):
         """Wrap ``module`` (sharing its weight and bias) with quantizers of the given widths:
         uniform ones, or log-affine (LAQ) ones where ``laq_weights`` / ``laq_inputs`` say so."""
-        if type(module) is not cls._float_cls:
+        if not isinstance(module, cls._float_cls) or isinstance(module, QuantLayerMixin):
             raise TypeError(f"{cls.__name__}.from_float expects {cls._float_cls.__name__}, got {type(module).__name__}")
         new = cls(**cls._init_args(module), device="meta")
         new.weight, new.bias = module.weight, module.bias
+        if isinstance(module, FusedConv2d):
+            new.activation = module.activation
         per_channel = cfg.w_granularity == "per_channel"
         w_args = dict(channel_axis=0 if per_channel else None, num_channels=module.weight.shape[0] if per_channel else 1,
                       learnable=cfg.learnable)
@@ -54,7 +57,11 @@ class QuantLayerMixin:
         return new.train(module.training)
 
     def to_float(self) -> nn.Module:
-        """A plain float layer sharing this layer's weight and bias."""
+        """A plain float layer (a :class:`FusedConv2d` if an activation was fused in) sharing
+        this layer's weight and bias."""
+        activation = self._modules.get("activation")
+        if activation is not None:
+            return FusedConv2d.from_conv(self, activation)
         new = self._float_cls(**self._init_args(self), device="meta")
         new.weight, new.bias = self.weight, self.bias
         return new.train(self.training)
@@ -65,6 +72,8 @@ class QuantLayerMixin:
 
 
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    """Quantized input, quantized weight, float bias; then the fused activation, if any."""
+
     _float_cls = nn.Conv2d
 
     @staticmethod
@@ -76,7 +85,9 @@ class QuantConv2d(QuantLayerMixin, nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        y = self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        activation = self._modules.get("activation")  # set only on a fused unit
+        return y if activation is None else activation(y)
 
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
@@ -92,5 +103,6 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
 QUANT_LAYERS: dict[type[nn.Module], type[QuantLayerMixin]] = {
     nn.Conv2d: QuantConv2d,
+    FusedConv2d: QuantConv2d,
     nn.Linear: QuantLinear,
 }

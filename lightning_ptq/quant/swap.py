@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import QuantConfig
 from .fold import fold_batchnorm
+from .fuse import fuse_activations
 from .layers import QUANT_LAYERS, QuantLayerMixin
 from .quantizer import QuantizerBase
 
@@ -22,7 +23,7 @@ class LayerPatternError(ValueError):
 
 
 def _select(model: nn.Module, cfg: QuantConfig) -> list[str]:
-    allowed = tuple(t for t in QUANT_LAYERS if t.__name__ in cfg.types)
+    allowed = tuple(t for t, q in QUANT_LAYERS.items() if q._float_cls.__name__ in cfg.types)
     candidates = [n for n, m in model.named_modules() if type(m) in allowed]
     for pattern in (*cfg.include, *cfg.exclude, *(o.pattern for o in cfg.overrides), *cfg.laq_patterns):
         if not any(fnmatchcase(n, pattern) for n in candidates):
@@ -50,11 +51,12 @@ def quantize(
     inplace: bool = False,
     example_input: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Return ``model`` with BN folded and its selected layers replaced by fake-quant layers.
+    """Return ``model`` with BN folded, conv + activation units fused and its selected layers
+    replaced by fake-quant layers.
 
     The quantizers start uninitialised (they pass values through) until calibration sets their
     ranges: see :func:`lightning_ptq.calibrate` or :func:`lightning_ptq.calib.calibrate_ranges`.
-    ``example_input`` (optional) checks BN folding numerically.
+    ``example_input`` (optional) checks BN folding and fusion numerically.
     """
     cfg = cfg or QuantConfig()
     if not inplace:
@@ -63,6 +65,8 @@ def quantize(
         raise ValueError("the model is already quantized: call dequantize(model) first.")
     if cfg.fold_bn:
         fold_batchnorm(model, example_input)
+    if cfg.fuse_act:
+        fuse_activations(model, example_input)
     for name in _select(model, cfg):
         bits = cfg.layer_bits(name)
         if bits is None:

@@ -7,6 +7,7 @@ from lightning_ptq.quant import (
     quantize, quantized_layers,
 )
 from lightning_ptq.calib import calibrate_ranges
+from lightning_ptq.quant.fuse import FusedConv2d
 
 
 class Block(nn.Module):
@@ -77,13 +78,17 @@ def test_quantize_swaps_every_conv_and_linear_and_keeps_original():
     assert isinstance(net.stem.bn, nn.BatchNorm2d)  # not in place: the float model is untouched
 
 
-def test_swap_shares_parameters_and_round_trips():
+@pytest.mark.parametrize("fuse_act", [True, False])
+def test_swap_shares_parameters_and_round_trips(fuse_act):
     net = _net()
-    q = quantize(net, QuantConfig(), inplace=False)
+    q = quantize(net, QuantConfig(fuse_act=fuse_act), inplace=False)
     conv = q.stem.conv
     assert isinstance(conv, QuantConv2d)
     back = conv.to_float()
-    assert type(back) is nn.Conv2d and back.weight is conv.weight and back.bias is conv.bias
+    assert type(back) is (FusedConv2d if fuse_act else nn.Conv2d)
+    assert back.weight is conv.weight and back.bias is conv.bias
+    if fuse_act:  # the activation moved into the unit; its old place does nothing
+        assert isinstance(back.activation, nn.SiLU) and isinstance(q.stem.act, nn.Identity)
     x = torch.randn(2, 3, 8, 8)
     ref = q(x)  # quantizers are not initialised yet: identical to the folded float model
     dequantize(q)
