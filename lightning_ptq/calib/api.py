@@ -48,7 +48,7 @@ def calibrate(
     if not isinstance(batches, (list, tuple)) and iter(batches) is batches:
         batches = list(batches)  # a one-shot iterator cannot be cycled over several epochs
     if isinstance(batches, (list, tuple)):
-        batches = _Batches(batches)  # Lightning would read a list as several dataloaders
+        batches = BatchList(batches)  # Lightning would read a list as several dataloaders
     resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
     progress = (trainer_kwargs or {}).get("enable_progress_bar", True)
     if resume is None or not resume.exists():  # otherwise the checkpoint holds the result of 1 and 2
@@ -79,7 +79,7 @@ def calibrate(
     return qmodel
 
 
-class _Batches:
+class BatchList:
     """A fixed list of batches that Lightning iterates as one dataloader."""
 
     def __init__(self, items) -> None:

@@ -164,6 +164,10 @@ class CocoDetectionDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.category_ids)
 
+    def image_classes(self) -> list[set[int]]:
+        """The labels present in each image (for class-balanced selection)."""
+        return [set(labels.tolist()) for _, labels in self._targets]
+
     def _read_target(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept boxes as float64 [N, 4] xywh in original pixels, and labels int64 [N]."""
         boxes, labels = [], []

@@ -33,7 +33,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy((flat.astype(np.int64) << np.arange(bits)).sum(axis=1))
 
 
-def _quantizer_entry(q: QuantizerBase) -> dict[str, torch.Tensor | str]:
+def quantizer_entry(q: QuantizerBase) -> dict[str, torch.Tensor | str]:
     """What rebuilds quantizer ``q``: its kind, bit width, channel axis (-1: per tensor) and parameters."""
     entry = {"kind": "laq" if isinstance(q, LogAffineQuantizer) else "uniform", "bits": torch.tensor(q.bits),
              "channel_axis": torch.tensor(-1 if q.channel_axis is None else q.channel_axis)}
@@ -41,7 +41,7 @@ def _quantizer_entry(q: QuantizerBase) -> dict[str, torch.Tensor | str]:
     return entry
 
 
-def _quantizer_from_entry(entry: dict, symmetric: bool) -> QuantizerBase:
+def quantizer_from_entry(entry: dict, symmetric: bool) -> QuantizerBase:
     bits, axis, params = int(entry["bits"]), int(entry["channel_axis"]), entry["params"]
     kwargs = dict(channel_axis=None if axis < 0 else axis, num_channels=params["mu" if "mu" in params else "scale"].numel(),
                   learnable=False)
@@ -69,8 +69,8 @@ def export_packed(qmodel: nn.Module) -> dict[str, dict[str, torch.Tensor] | torc
         entry = {
             "weight_packed": pack_codes(weight_codes(layer), layer.weight_quant.bits),
             "weight_shape": torch.tensor(layer.weight.shape),
-            "weight_quant": _quantizer_entry(layer.weight_quant),
-            "input_quant": _quantizer_entry(layer.input_quant),
+            "weight_quant": quantizer_entry(layer.weight_quant),
+            "input_quant": quantizer_entry(layer.input_quant),
         }
         if layer.bias is not None:
             entry["bias"] = layer.bias.detach().clone()
@@ -85,7 +85,7 @@ def export_packed(qmodel: nn.Module) -> dict[str, dict[str, torch.Tensor] | torc
 def unpack_weight(entry: dict[str, torch.Tensor]) -> torch.Tensor:
     """Dequantized float weight of one exported layer."""
     shape = entry["weight_shape"].tolist()
-    quantizer = _quantizer_from_entry(entry["weight_quant"], symmetric=True)
+    quantizer = quantizer_from_entry(entry["weight_quant"], symmetric=True)
     codes = unpack_codes(entry["weight_packed"], quantizer.bits, int(np.prod(shape))).reshape(shape)
     return quantizer.decode(codes)
 

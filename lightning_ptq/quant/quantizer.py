@@ -84,17 +84,29 @@ class QuantizerBase(nn.Module):
                 "finalize() was called but this quantizer observed no values: run the calibration "
                 "batches through the model between enable_observation() and finalize()."
             )
-        self._init_params(torch.cat(self._samples, dim=1))
+        self._init_params(self.observed_rows())
         self._samples = []
         self.observer_enabled.fill_(0)
-        self._mark_initialized()
+        self.mark_initialized()
+
+    def observed_rows(self) -> torch.Tensor:
+        """The values recorded since ``enable_observation``, as ``[C, N]`` (extremes included)."""
+        if not self._samples:
+            raise RuntimeError("this quantizer observed no values: run batches through it while observing.")
+        return torch.cat(self._samples, dim=1)
 
     def init_from(self, x: torch.Tensor) -> None:
         """Set the parameters from the tensor ``x`` (e.g. a weight), then enable quantization."""
-        self._init_params(self._rows(x.detach()).float())
-        self._mark_initialized()
+        self.init_from_rows(self.channel_rows(x.detach()))
 
-    def _mark_initialized(self) -> None:
+    def init_from_rows(self, rows: torch.Tensor) -> None:
+        """Set the parameters from values ``rows`` ``[C, N]`` (one row per channel), then enable
+        quantization."""
+        self._init_params(rows.float())
+        self.mark_initialized()
+
+    def mark_initialized(self) -> None:
+        """The parameters hold a range (set or loaded): quantize from now on."""
         self.initialized.fill_(1)
         self.fake_quant_enabled.fill_(1)
 
@@ -115,14 +127,14 @@ class QuantizerBase(nn.Module):
         return bool(self.fake_quant_enabled) and bool(self.initialized)
 
     # -- forward -------------------------------------------------------------------------------
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_rows(self, x: torch.Tensor) -> torch.Tensor:
         """View ``x`` as ``[C, N]``: one row per channel (or a single row)."""
         if self.channel_axis is None:
             return x.reshape(1, -1)
         return x.transpose(0, self.channel_axis).reshape(x.shape[self.channel_axis], -1)
 
     def _observe(self, x: torch.Tensor) -> None:
-        rows = self._rows(x.detach()).float()
+        rows = self.channel_rows(x.detach()).float()
         if not torch.isfinite(rows).all():  # one NaN would poison the range for good
             raise NonFiniteObservationError(self)
         kept = sum(s.shape[1] for s in self._samples)
@@ -182,10 +194,17 @@ class FakeQuantizer(QuantizerBase):
         self.zero_point = nn.Parameter(torch.zeros(num_channels), requires_grad=learnable and not symmetric)
 
     def _init_params(self, rows: torch.Tensor) -> None:
-        scale, zero_point = init_range(rows, self.init, self.bits, self.symmetric, self.percentile)
+        self._copy_range(*init_range(rows, self.init, self.bits, self.symmetric, self.percentile))
+
+    def _copy_range(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         with torch.no_grad():
             self.scale.copy_(scale.to(self.scale).expand_as(self.scale))
             self.zero_point.copy_(zero_point.to(self.zero_point).expand_as(self.zero_point))
+
+    def set_range(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Set the parameters directly (e.g. a searched clipping range), then enable quantization."""
+        self._copy_range(scale, zero_point)
+        self.mark_initialized()
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [self.scale] if self.symmetric else [self.scale, self.zero_point]

@@ -32,6 +32,13 @@ def minmax_range(rows: torch.Tensor, bits: int, symmetric: bool):
     return _qparams(rows.amin(dim=1), rows.amax(dim=1), bits, symmetric)
 
 
+def clipped_range(rows: torch.Tensor, ratio: float, bits: int, symmetric: bool):
+    """The min/max range of each row shrunk by ``ratio`` (in (0, 1]) towards zero."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"clipping ratio {ratio!r} must lie in (0, 1].")
+    return _qparams(rows.amin(dim=1) * ratio, rows.amax(dim=1) * ratio, bits, symmetric)
+
+
 def percentile_range(rows: torch.Tensor, bits: int, symmetric: bool, percentile: float):
     """Clip each row at its ``percentile`` (and ``100 - percentile`` for the low side)."""
     q = torch.tensor([1.0 - percentile / 100.0, percentile / 100.0], dtype=rows.dtype)

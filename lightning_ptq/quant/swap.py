@@ -40,7 +40,7 @@ def _select(model: nn.Module, cfg: QuantConfig) -> list[str]:
     ]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -72,7 +72,7 @@ def quantize(
         if bits is None:
             continue
         layer = model.get_submodule(name)
-        _set_submodule(model, name, QUANT_LAYERS[type(layer)].from_float(layer, cfg, *bits, *cfg.layer_laq(name)))
+        set_submodule(model, name, QUANT_LAYERS[type(layer)].from_float(layer, cfg, *bits, *cfg.layer_laq(name)))
     return model
 
 
@@ -80,7 +80,7 @@ def dequantize(model: nn.Module) -> nn.Module:
     """Swap every quantized layer of ``model`` back to its float layer, in place (BN stays folded)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantLayerMixin):
-            _set_submodule(model, name, module.to_float())
+            set_submodule(model, name, module.to_float())
     return model
 
 

@@ -1,0 +1,66 @@
+"""Candidate quantization parameters for one layer, and the quantizers that realise them.
+
+A candidate says, for the weight and the input quantizer of a layer, a bit width and how the
+range is chosen: ``minmax``, ``percentile:<p>``, ``mse`` (the squared-error-optimal clipping),
+``clip:<r>`` (the min/max range times ``r``), ``laq`` (a log-affine quantizer's own search), or
+``best`` (the best found so far for that side; at first, the calibrated parameters). The float
+fallback is the candidate with ``float_``. Candidates come cheapest first: other ranges at the
+same bits, then more bits, then float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..quant.laq import LogAffineQuantizer
+from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.ranges import clipped_range, init_range
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Range method and bits for a layer's weights (``w``) and inputs (``a``), or float."""
+
+    w: str = "best"
+    a: str = "best"
+    w_bits: int | None = None  # None: unchanged
+    a_bits: int | None = None
+    float_: bool = False
+
+
+def range_methods(percentiles, clip_ratios) -> list[str]:
+    return ["minmax", *(f"percentile:{p:g}" for p in percentiles), "mse", *(f"clip:{r:g}" for r in clip_ratios)]
+
+
+def candidates_for(weight_quant: QuantizerBase, input_quant: QuantizerBase, percentiles, clip_ratios,
+                   more_bits, allow_float: bool) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
+    """The three phases for a layer: activation ranges at the same bits; weight ranges at the same
+    bits (none for a log-affine quantizer, whose range is its own search); more bits
+    (both quantizers to ``b`` for each ``b`` in ``more_bits`` above the current width) and float."""
+    methods = range_methods(percentiles, clip_ratios)
+    act_phase = [] if isinstance(input_quant, LogAffineQuantizer) else [Candidate(a=m) for m in methods]
+    weight_phase = [] if isinstance(weight_quant, LogAffineQuantizer) else [Candidate(w=m) for m in methods]
+    current = max(weight_quant.bits, input_quant.bits)
+    bits_phase = [Candidate(w_bits=b, a_bits=b) for b in sorted(more_bits) if b > current]
+    if allow_float:
+        bits_phase.append(Candidate(float_=True))
+    return act_phase, weight_phase, bits_phase
+
+
+def build_quantizer(old: QuantizerBase, method: str, bits: int, rows: torch.Tensor) -> QuantizerBase:
+    """A new quantizer like ``old`` (kind, sign, channels) at ``bits``, its range set by ``method``
+    from ``rows`` ([C, N]: the weight's rows, or the observed inputs)."""
+    common = dict(channel_axis=old.channel_axis, num_channels=old.num_channels, learnable=False,
+                  max_samples=old.max_samples)
+    if isinstance(old, LogAffineQuantizer):
+        new = LogAffineQuantizer(bits, **common).to(rows.device)
+        new.init_from_rows(rows)
+        return new
+    new = FakeQuantizer(bits, old.symmetric, init=old.init, percentile=old.percentile, **common).to(rows.device)
+    kind, _, arg = method.partition(":")
+    if kind == "clip":
+        new.set_range(*clipped_range(rows.float(), float(arg), bits, old.symmetric))
+    else:
+        new.set_range(*init_range(rows, kind, bits, old.symmetric, float(arg) if arg else old.percentile))
+    return new

@@ -1,0 +1,339 @@
+"""Accuracy-driven per-layer search of quantization parameters.
+
+Starting from a quantized and calibrated model (every layer has its first parameters):
+
+1. **sensitivity**: each quantized layer alone is quantized, all others float, and the drop of
+   the validation metric from the float model is measured; layers whose drop exceeds
+   ``threshold`` are the targets, most sensitive first;
+2. **search**, per target layer, on the fully quantized model: other activation ranges, other
+   weight ranges (both at the same bits), then more bits, then float as the last resort; each
+   candidate is applied and the validation metric measured, the best is kept. A layer is done
+   when its metric comes within ``tolerance`` of what the model reaches with that layer in
+   float; the search ends when the metric reaches the goal (``target``, or ``max_drop``
+   relative to float) or a try budget is spent.
+
+The evaluator (:mod:`~lightning_ptq.search.evaluator`) decides what one evaluation costs;
+nothing here assumes a task. Test data never enters: report the test metric of the result
+next to the validation one to see how much the search fitted its validation set.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..calib.observe import ForwardFn, default_forward
+from ..quant.config import ConfigError, check_bits
+from ..quant.laq import LogAffineQuantizer
+from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.swap import quantized_layers, set_submodule
+from .candidates import Candidate, build_quantizer, candidates_for
+
+log = logging.getLogger(__name__)
+
+MODES = ("max", "min")
+
+
+@dataclass
+class SearchConfig:
+    """Settings of :func:`search_layers` (metric units are those of the evaluator).
+
+    Args:
+        mode: ``max`` if a higher metric is better (accuracy, mAP), ``min`` otherwise (NME).
+        threshold: a layer whose drop, quantized alone, exceeds this is a target.
+        max_targets: search at most this many targets (the most sensitive); ``None``: all.
+        target: stop when the validation metric reaches this value ...
+        max_drop: ... or (when ``target`` is ``None``) when it is within this relative drop of
+            the float model (0.01: 1 %).
+        tolerance: a layer is done when the metric is within this of the metric with the layer
+            in float; also the least gain for a candidate to replace the current parameters.
+        max_tries_per_layer, max_evaluations: try budgets, per layer and for the whole search.
+        percentiles, clip_ratios: the range candidates besides ``minmax`` and ``mse``.
+        more_bits: wider bit widths tried when ranges are not enough (up to 8).
+        allow_float: float fallback as the last resort.
+        act_samples: input values kept per target layer for the range candidates.
+    """
+
+    mode: str = "max"
+    threshold: float = 0.005
+    max_targets: int | None = None
+    target: float | None = None
+    max_drop: float | None = 0.01
+    tolerance: float = 0.002
+    max_tries_per_layer: int = 24
+    max_evaluations: int = 400
+    percentiles: tuple[float, ...] = (99.9, 99.99)
+    clip_ratios: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
+    more_bits: tuple[int, ...] = (6, 8)
+    allow_float: bool = True
+    act_samples: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"search.mode={self.mode!r} is not allowed: choose max or min.")
+        for name in ("threshold", "tolerance"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"search.{name}={getattr(self, name)!r} must be >= 0.")
+        if self.target is None and self.max_drop is None:
+            raise ConfigError("search: give target (an absolute metric) or max_drop (relative to float).")
+        if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
+            raise ConfigError(f"search.max_drop={self.max_drop!r} must lie in [0, 1), e.g. 0.01 for 1 %.")
+        for name in ("max_tries_per_layer", "max_evaluations", "act_samples") + (("max_targets",) if self.max_targets is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"search.{name}={value!r} must be a positive integer.")
+        self.more_bits = tuple(check_bits("search.more_bits entry", b) for b in self.more_bits)
+        for r in self.clip_ratios:
+            if not 0.0 < r <= 1.0:
+                raise ConfigError(f"search.clip_ratios entry {r!r} must lie in (0, 1].")
+        for p in self.percentiles:
+            if not 50.0 < p <= 100.0:
+                raise ConfigError(f"search.percentiles entry {p!r} must lie in (50, 100].")
+        self.percentiles, self.clip_ratios = tuple(self.percentiles), tuple(self.clip_ratios)
+
+
+@dataclass
+class LayerRecord:
+    """One quantized layer in the search report."""
+
+    name: str
+    sensitivity: float          # metric drop with only this layer quantized (positive: worse)
+    target: bool = False
+    first: str = ""             # the calibrated parameters it started with
+    chosen: str = "first"       # what the search kept
+    w_bits: int | None = None   # None: float
+    a_bits: int | None = None
+    weight_count: int = 0
+    metric_float: float | None = None   # validation metric with this layer in float (targets)
+    metric_after: float | None = None   # validation metric after this layer was searched
+    tries: int = 0
+
+
+@dataclass
+class SearchResult:
+    fp_metric: float
+    start_metric: float
+    final_metric: float
+    goal: float
+    reached: bool
+    layers: list[LayerRecord] = field(default_factory=list)
+    evaluations: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def float_layers(self) -> list[str]:
+        return [r.name for r in self.layers if r.w_bits is None]
+
+    def average_bits(self) -> dict[str, float]:
+        """Weight bits averaged over the weights (float layers count 32), activation bits over
+        the layers."""
+        total = sum(r.weight_count for r in self.layers)
+        w = sum((r.w_bits or 32) * r.weight_count for r in self.layers) / max(total, 1)
+        a = sum(r.a_bits or 32 for r in self.layers) / max(len(self.layers), 1)
+        return {"avg_w_bits": w, "avg_a_bits": a}
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "layers"}, **self.average_bits(),
+                "float_layers": self.float_layers, "layers": [asdict(r) for r in self.layers]}
+
+
+def _describe(q: QuantizerBase) -> str:
+    method = "laq" if isinstance(q, LogAffineQuantizer) else q.init
+    return f"{method}@{q.bits}b"
+
+
+def _set_active(layers: dict, active: set[str]) -> None:
+    for name, layer in layers.items():
+        for q in layer.quantizers:
+            q.fake_quant_enabled.fill_(int(name in active))
+
+
+@torch.no_grad()
+def _observe_inputs(model: nn.Module, layers: dict, batches: Iterable, forward_fn: ForwardFn,
+                    max_samples: int) -> dict[str, torch.Tensor]:
+    """Input values of ``layers`` over the calibration batches, in the model's current state,
+    as ``[C, N]`` rows laid out like each layer's input quantizer."""
+    observers, hooks = {}, []
+    for name, layer in layers.items():
+        q = layer.input_quant
+        obs = FakeQuantizer(8, symmetric=False, channel_axis=q.channel_axis, num_channels=q.num_channels,
+                            max_samples=max_samples)
+        obs.enable_observation()
+        observers[name] = obs
+        hooks.append(layer.register_forward_pre_hook(lambda m, args, obs=obs: obs(args[0])))
+    try:
+        for batch in batches:
+            forward_fn(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: obs.observed_rows() for name, obs in observers.items()}
+
+
+class _Budget:
+    """Counts evaluations against the per-layer and total limits."""
+
+    def __init__(self, evaluate, sign: float, total: int) -> None:
+        self.evaluate, self.sign, self.total, self.used, self.layer_used = evaluate, sign, total, 0, 0
+
+    def score(self, model, changed) -> float:
+        self.used += 1
+        self.layer_used += 1
+        return self.sign * self.evaluate(model, changed)
+
+    def left(self, per_layer: int) -> bool:
+        return self.used < self.total and self.layer_used < per_layer
+
+
+def search_layers(
+    qmodel: nn.Module,
+    calib_batches: Iterable,
+    evaluator,
+    config: SearchConfig | None = None,
+    forward_fn: ForwardFn = default_forward,
+    progress: bool = True,
+    on_layer_done: Callable[[LayerRecord], None] | None = None,
+) -> SearchResult:
+    """Search per-layer parameters of the calibrated ``qmodel`` in place; returns the report.
+
+    ``evaluator`` measures the validation metric (see :mod:`~lightning_ptq.search.evaluator`;
+    a plain ``fn(model) -> float`` is wrapped). ``calib_batches`` (the calibration set) give the
+    input values the range candidates are computed from.
+    """
+    from .evaluator import FunctionEvaluator
+
+    cfg = config or SearchConfig()
+    if not hasattr(evaluator, "reset"):
+        evaluator = FunctionEvaluator(evaluator)
+    layers = quantized_layers(qmodel)
+    if not layers:
+        raise ValueError("search_layers: the model has no quantized layer; quantize and calibrate it first.")
+    uncalibrated = [n for n, layer in layers.items() if not all(q.initialized for q in layer.quantizers)]
+    if uncalibrated:
+        raise ValueError(f"search_layers: layers {uncalibrated[:5]} are not calibrated; run calibrate() first.")
+    sign = 1.0 if cfg.mode == "max" else -1.0
+    was_training = qmodel.training
+    qmodel.eval()
+    budget = _Budget(evaluator, sign, cfg.max_evaluations)
+
+    # 1. sensitivity: one layer quantized at a time; the base state (cached by the evaluator) is float
+    start = time.perf_counter()
+    _set_active(layers, set())
+    fp_score = sign * evaluator.reset(qmodel)
+    records = {}
+    for name, layer in tqdm(layers.items(), desc="sensitivity", disable=not progress, leave=False):
+        _set_active(layers, {name})
+        records[name] = LayerRecord(
+            name, sensitivity=fp_score - budget.score(qmodel, name), first=f"w:{_describe(layer.weight_quant)} "
+            f"a:{_describe(layer.input_quant)}", w_bits=layer.weight_quant.bits, a_bits=layer.input_quant.bits,
+            weight_count=layer.weight.numel())
+    sensitivity_evals, sensitivity_seconds = budget.used + 1, time.perf_counter() - start
+    budget.used = 0
+
+    # 2. search on the fully quantized model, most sensitive target first
+    start = time.perf_counter()
+    _set_active(layers, set(layers))
+    score = sign * evaluator.reset(qmodel)
+    start_score = score
+    if cfg.target is not None:
+        goal = sign * cfg.target
+    else:
+        goal = fp_score - abs(fp_score) * cfg.max_drop
+    targets = sorted((r for r in records.values() if r.sensitivity > cfg.threshold), key=lambda r: -r.sensitivity)
+    targets = targets[: cfg.max_targets] if cfg.max_targets else targets
+    for r in targets:
+        r.target = True
+    rows = _observe_inputs(qmodel, {r.name: layers[r.name] for r in targets}, calib_batches, forward_fn,
+                           cfg.act_samples) if targets and score < goal else {}
+    for r in tqdm(targets, desc="search", disable=not progress, leave=False):
+        if score >= goal or budget.used >= cfg.max_evaluations:
+            break
+        budget.layer_used = 0
+        score = _search_layer(qmodel, layers[r.name], r, rows[r.name], score, budget, evaluator, cfg)
+        r.metric_after = sign * score
+        if on_layer_done is not None:
+            on_layer_done(r)
+    qmodel.train(was_training)
+
+    result = SearchResult(
+        fp_metric=sign * fp_score, start_metric=sign * start_score, final_metric=sign * score, goal=sign * goal,
+        reached=score >= goal, layers=list(records.values()),
+        evaluations={"sensitivity": sensitivity_evals, "search": budget.used + 1},
+        seconds={"sensitivity": sensitivity_seconds, "search": time.perf_counter() - start},
+    )
+    if not result.reached:
+        log.warning(
+            "the search did not reach its goal (validation metric %.4f, goal %.4f) within its budget "
+            "(%d targets, %d evaluations); the best found is kept: %.4f (start %.4f).", result.final_metric,
+            result.goal, len(targets), budget.used, result.final_metric, result.start_metric)
+    return result
+
+
+def _search_layer(model, layer, record: LayerRecord, rows: torch.Tensor, score: float, budget: _Budget,
+                  evaluator, cfg: SearchConfig) -> float:
+    """Search one layer from the current ``score``; leaves the best parameters in place, commits
+    them to the evaluator and returns the new score.
+
+    A candidate replaces the best so far only when it gains more than ``tolerance``, so noise in
+    the validation metric neither costs bits nor fits the validation set."""
+    name = record.name
+    old = {"weight": layer.weight_quant, "input": layer.input_quant}
+    for q in old.values():  # the layer in float: the most its search can hope for
+        q.fake_quant_enabled.fill_(0)
+    float_score = budget.score(model, name)
+    for q in old.values():
+        q.fake_quant_enabled.fill_(1)
+    record.metric_float = budget.sign * float_score
+    layer_goal = float_score - cfg.tolerance
+    best = {"score": score, "weight": old["weight"], "input": old["input"], "weight_method": "first",
+            "input_method": "first"}
+    sources = {"weight": old["weight"].channel_rows(layer.weight.detach()).float(), "input": rows}
+
+    def quantizer_for(side: str, method: str, bits: int | None):
+        """(quantizer, method) of one side; ``best`` at unchanged bits reuses the best quantizer."""
+        bits = bits or best[side].bits
+        if method == "best" and bits == best[side].bits:
+            return best[side], best[f"{side}_method"]
+        method = best[f"{side}_method"] if method == "best" else method
+        built = "laq" if isinstance(old[side], LogAffineQuantizer) else old[side].init
+        return build_quantizer(old[side], built if method == "first" else method, bits, sources[side]), method
+
+    def try_candidate(c: Candidate) -> None:
+        (w, w_method), (a, a_method) = quantizer_for("weight", c.w, c.w_bits), quantizer_for("input", c.a, c.a_bits)
+        layer.weight_quant, layer.input_quant = w, a
+        s = budget.score(model, name)
+        if s > best["score"] + cfg.tolerance:
+            best.update(score=s, weight=w, input=a, weight_method=w_method, input_method=a_method)
+        layer.weight_quant, layer.input_quant = best["weight"], best["input"]
+
+    act_phase, weight_phase, bits_phase = candidates_for(old["weight"], old["input"], cfg.percentiles,
+                                                         cfg.clip_ratios, cfg.more_bits, cfg.allow_float)
+    chose_float = False
+    if score < layer_goal:
+        for c in act_phase + weight_phase:
+            if not budget.left(cfg.max_tries_per_layer):
+                break
+            try_candidate(c)
+        for c in bits_phase:
+            if best["score"] >= layer_goal or not budget.left(cfg.max_tries_per_layer):
+                break
+            if c.float_:
+                chose_float = float_score > best["score"] + cfg.tolerance
+                break
+            try_candidate(c)
+    record.tries = budget.layer_used
+    if chose_float:
+        set_submodule(model, name, layer.to_float())
+        record.chosen, record.w_bits, record.a_bits = "float", None, None
+        best["score"] = float_score
+    else:
+        record.w_bits, record.a_bits = best["weight"].bits, best["input"].bits
+        if best["weight"] is not old["weight"] or best["input"] is not old["input"]:
+            record.chosen = f"w:{best['weight_method']}@{record.w_bits}b a:{best['input_method']}@{record.a_bits}b"
+    evaluator.commit(model, name)
+    return best["score"]
