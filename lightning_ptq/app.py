@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from torch.utils.data import ConcatDataset
 
 from .calib import EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError
 from .data import (
@@ -27,12 +28,16 @@ from .models import (
     CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
     pretrained_detector,
 )
+from .data import detection_collate
 from .pipeline import (
     calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate, run_results,
     save_run,
 )
 from .quant import ConfigError, LayerPatternError, QuantConfig
 from .report import plot_detections, results_table, table_rows
+from .search import LayerParamsError, PoolTooSmallError
+from .search.job import check_selection, run_search, search_config, search_results, select_sets, subset_batches
+from .search.report import search_summary_table
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ USER_ERRORS = (
     ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
     MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
     CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
-    NonFiniteLogitsError,
+    NonFiniteLogitsError, PoolTooSmallError, LayerParamsError,
 )
 
 
@@ -71,6 +76,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     is_keypoint = cfg.model.name == KeypointNet.family
     check_loss_family(cfg.calib.loss, is_keypoint)
     keypoint_kwargs = keypoint_model_kwargs(cfg) if is_keypoint else None  # fails before anything is written
+    if cfg.get("search"):
+        search_config(cfg.search, "max")
+        check_selection(cfg.search)
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -82,25 +90,53 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def run_detection(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None) -> dict:
     """The detector job; writes ``results.json``, the quantized and packed weights and
-    ``detections.png`` to ``run_dir``; returns the results."""
+    ``detections.png`` to ``run_dir`` (with ``search``: also the search report); returns the results."""
     datamodule, fp_model = load_data_and_model(cfg)
-    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs(cfg))
-    batches = calibration_batches(datamodule, cfg.calib.num_images)
+    test = datamodule.test_dataloader()
+    fp = evaluate_detections(fp_model, test, **eval_kwargs(cfg))
+    if cfg.get("search"):
+        batches, val_batches = _search_sets(cfg, datamodule)
+    else:
+        batches = calibration_batches(datamodule, cfg.calib.num_images)
     qmodel, calib_seconds = quantize_and_calibrate(
         fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
         checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None,
     )
-    quant = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs(cfg))
+    quant = evaluate_detections(qmodel, test, **eval_kwargs(cfg))
+    search_numbers = {}
+    if cfg.get("search"):
+        def val_map(model) -> float:
+            return evaluate_detections(model, val_batches, progress=False, **eval_kwargs(cfg))["map"]
 
-    results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds)
+        search = run_search(cfg, run_dir, qmodel, batches, val_map, "mAP", logger=logger)
+        searched = evaluate_detections(qmodel, test, **eval_kwargs(cfg))
+        search_numbers = search_results(search, fp["map"], quant["map"], searched["map"])
+        quant = searched  # the job's result is the searched model; search.test_start is the one before
+
+    results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
     results["retention"] = float(quant["map"] / fp["map"]) if fp["map"] > 0 else 0.0
     save_run(run_dir, qmodel, results)
     Console().print(results_table(results))
+    if cfg.get("search"):
+        Console().print(search_summary_table(results, "mAP"))
 
     vis = _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")
     if logger is not None:
         log_to_wandb(logger, results, table_rows(results), vis, "detections", cfg)
     return results
+
+
+def _search_sets(cfg: DictConfig, datamodule) -> tuple[list, list]:
+    """Calibration and validation batches chosen from the pool (the calib and val splits) by
+    ``search.selection``; the test split never takes part."""
+    splits = [datamodule.dataset(s) for s in ("calib", "val")]
+    pool = ConcatDataset(splits)
+    classes = [c for ds in splits for c in ds.image_classes()]
+    calib_idx, val_idx = select_sets(classes, datamodule.num_classes, datamodule.class_names, cfg.search)
+    log.info("search: %d calibration and %d validation images from a pool of %d", len(calib_idx), len(val_idx),
+             len(pool))
+    return (subset_batches(pool, calib_idx, cfg.calib.batch_size, detection_collate),
+            subset_batches(pool, val_idx, cfg.calib.batch_size, detection_collate))
 
 
 def _detections_figure(fp_model, qmodel, datamodule, cfg, run_dir: Path, title: str) -> Path:

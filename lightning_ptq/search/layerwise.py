@@ -45,7 +45,7 @@ class SearchConfig:
 
     Args:
         mode: ``max`` if a higher metric is better (accuracy, mAP), ``min`` otherwise (NME).
-        threshold: a layer whose drop, quantized alone, exceeds this is a target.
+        threshold: a layer whose drop, quantized alone, reaches this is a target.
         max_targets: search at most this many targets (the most sensitive); ``None``: all.
         target: stop when the validation metric reaches this value ...
         max_drop: ... or (when ``target`` is ``None``) when it is within this relative drop of
@@ -244,7 +244,7 @@ def search_layers(
         goal = sign * cfg.target
     else:
         goal = fp_score - abs(fp_score) * cfg.max_drop
-    targets = sorted((r for r in records.values() if r.sensitivity > cfg.threshold), key=lambda r: -r.sensitivity)
+    targets = sorted((r for r in records.values() if r.sensitivity >= cfg.threshold), key=lambda r: -r.sensitivity)
     targets = targets[: cfg.max_targets] if cfg.max_targets else targets
     for r in targets:
         r.target = True

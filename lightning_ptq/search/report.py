@@ -63,3 +63,20 @@ def plot_sensitivity(result: SearchResult, path: str | Path, threshold: float, m
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def search_summary_table(results: dict, metric: str) -> Table:
+    """Validation and test metric of the float model, the calibrated model (first parameters)
+    and the searched one, side by side; the gap between the two columns is what the search
+    fitted to its validation set."""
+    table = Table(title=f"Search: {metric} on validation (searched on) and test (never seen)",
+                  caption=f"{results['search.evaluations']} evaluations, {results['search.minutes']:.1f} min; "
+                          f"average bits: weights {results['search.avg_w_bits']:.2f}, activations "
+                          f"{results['search.avg_a_bits']:.2f}; goal reached: {results['search.reached']}")
+    for c in ("model", "validation", "test"):
+        table.add_column(c, justify="left" if c == "model" else "right")
+    for name, val, test in (("float", results["search.val_fp"], results["search.test_fp"]),
+                            ("calibrated (first parameters)", results["search.val_start"], results["search.test_start"]),
+                            ("searched", results["search.val_final"], results["search.test_final"])):
+        table.add_row(name, f"{val:.4f}", f"{test:.4f}")
+    return table

@@ -1,0 +1,92 @@
+"""The search step of the Hydra jobs (``+recipe=classifier_w4a4_search``, ``yolo_w4a4_search``):
+choosing the calibration and validation sets from the pool, running the search on the
+calibrated model, and writing its report next to the job's results."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch.utils.data import Dataset, Subset
+
+from ..io import atomic_write_json
+from ..quant.config import ConfigError
+from .balanced import balanced_split, random_split
+from .layerwise import SearchConfig, SearchResult, search_layers
+from .params import save_layer_params
+from .report import layer_rows, layer_table, plot_sensitivity
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("balanced", "random")
+SELECTION_KEYS = ("selection", "calib_per_class", "val_per_class", "seed")
+
+
+def search_config(node: DictConfig, mode: str) -> SearchConfig:
+    """The :class:`SearchConfig` of the ``search`` node (its selection keys aside)."""
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in SELECTION_KEYS}
+    known = {f.name for f in fields(SearchConfig)} - {"mode"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown search setting(s) {unknown}: allowed are {sorted(known | set(SELECTION_KEYS))}.")
+    for key in ("percentiles", "clip_ratios", "more_bits"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return SearchConfig(**values, mode=mode)
+
+
+def check_selection(node: DictConfig) -> None:
+    if node.selection not in SELECTIONS:
+        raise ConfigError(f"search.selection={node.selection!r} is not allowed: choose {' or '.join(SELECTIONS)}.")
+
+
+def select_sets(image_classes: Sequence, num_classes: int, class_names: Sequence[str],
+                node: DictConfig) -> tuple[list[int], list[int]]:
+    """Calibration and validation indices into the pool: class-balanced, or (the baseline) random
+    with the same sizes."""
+    check_selection(node)
+    if node.selection == "balanced":
+        return balanced_split(image_classes, num_classes, node.calib_per_class, node.val_per_class, node.seed,
+                              class_names)
+    return random_split(len(image_classes), node.calib_per_class * num_classes, node.val_per_class * num_classes,
+                        node.seed)
+
+
+def subset_batches(dataset: Dataset, indices: list[int], batch_size: int, collate: Callable) -> list:
+    """The images ``indices`` of ``dataset`` as a list of collated batches (kept in memory: the
+    search evaluates on them many times)."""
+    subset = Subset(dataset, indices)
+    return [collate([subset[i] for i in range(start, min(start + batch_size, len(subset)))])
+            for start in range(0, len(subset), batch_size)]
+
+
+def run_search(cfg: DictConfig, run_dir: Path, qmodel, calib_batches: list, evaluator, metric: str,
+               mode: str = "max", logger=None) -> SearchResult:
+    """Search ``qmodel`` in place; write ``layer_params.json``, ``search.json`` and
+    ``sensitivity.png`` to ``run_dir``; print the per-layer table and log it to W&B."""
+    config = search_config(cfg.search, mode)
+    result = search_layers(qmodel, calib_batches, evaluator, config, progress=cfg.trainer.enable_progress_bar)
+    save_layer_params(qmodel, run_dir / "layer_params.json", result.float_layers)
+    atomic_write_json(result.to_dict(), run_dir / "search.json")
+    plot = plot_sensitivity(result, run_dir / "sensitivity.png", config.threshold, metric)
+    Console().print(layer_table(result, f"validation {metric}"))
+    if logger is not None:
+        columns, rows = layer_rows(result)
+        logger.log_table(key="layerwise_search", columns=columns, data=rows)
+        logger.log_image(key="sensitivity", images=[str(plot)])
+    return result
+
+
+def search_results(result: SearchResult, test_fp: float, test_before: float, test_after: float) -> dict:
+    """The search's numbers for ``results.json``: validation and test side by side, the cost,
+    the average bits."""
+    return {
+        "search.val_fp": result.fp_metric, "search.val_start": result.start_metric,
+        "search.val_final": result.final_metric, "search.test_fp": test_fp, "search.test_start": test_before, "search.test_final": test_after,
+        "search.reached": result.reached, "search.evaluations": sum(result.evaluations.values()),
+        "search.minutes": sum(result.seconds.values()) / 60, "search.targets": sum(r.target for r in result.layers),
+        "search.float_layers": len(result.float_layers), **{f"search.{k}": v for k, v in result.average_bits().items()},
+    }

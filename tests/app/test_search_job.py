@@ -1,0 +1,51 @@
+"""The detector job with the per-layer search (``+recipe=yolo_w4a4_search``) on a tiny configuration."""
+import json
+
+import pytest
+
+from lightning_ptq.app import run
+from lightning_ptq.hydra_setup import compose_config
+from lightning_ptq.quant import ConfigError
+from lightning_ptq.search import PoolTooSmallError
+
+from test_main_job import TINY
+
+# The head's layers only (18 of 64), so that the sensitivity pass stays short.
+SEARCH = ["search.calib_per_class=1", "search.val_per_class=1", "search.max_targets=2", "search.max_evaluations=12",
+          "search.threshold=0.0", "quant.include=[head.*]"]
+
+
+def search_cfg(cache_dir, *overrides):
+    return compose_config(["+recipe=yolo_w4a4_search", f"cache_dir={cache_dir}", *TINY, *SEARCH, *overrides])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_search_job_reports_validation_and_test_and_writes_its_files(cache_dir, tmp_path):
+    results = run(search_cfg(cache_dir, "search.target=1.0"), tmp_path)  # unreachable: finishes anyway
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert results["search.reached"] is False
+    assert saved["evaluations"]["sensitivity"] == len(saved["layers"]) + 1
+    assert saved["evaluations"]["search"] == 1 + sum(layer["tries"] for layer in saved["layers"]) <= 12 + 1
+    assert sum(layer["target"] for layer in saved["layers"]) == 2
+    assert results["quant.map"] == pytest.approx(results["search.test_final"])
+    assert results["search.val_final"] >= results["search.val_start"]
+    assert 4 <= results["search.avg_w_bits"] <= 32
+    assert json.loads((tmp_path / "layer_params.json").read_text())["format"] == "lightning_ptq.layer_params/1"
+    assert (tmp_path / "sensitivity.png").is_file() and (tmp_path / "results.json").is_file()
+
+
+def test_a_pool_too_small_for_the_balanced_sets_names_the_classes(cache_dir, tmp_path):
+    with pytest.raises(PoolTooSmallError, match=r"cannot give 1 calibration \+ 50 validation images per class.*short: "):
+        run(search_cfg(cache_dir, "search.val_per_class=50"), tmp_path)
+
+
+def test_bad_search_settings_fail_before_any_work(cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown search setting"):
+        run(search_cfg(cache_dir, "+search.max_trys=3"), tmp_path)
+    with pytest.raises(ConfigError, match="search.selection='stratified' is not allowed"):
+        run(search_cfg(cache_dir, "search.selection=stratified"), tmp_path)
+    assert not any(tmp_path.iterdir())
