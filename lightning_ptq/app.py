@@ -2,7 +2,10 @@
 
 ``run(cfg)`` does the work and returns the results dict; ``__main__`` is the thin Hydra wrapper.
 Detectors (``model.name`` yolo or fcos) are handled here, keypoint models (``model.name=keypoint``)
-by :mod:`lightning_ptq.keypoints.job`; the steps both share are in :mod:`lightning_ptq.pipeline`.
+by :mod:`lightning_ptq.keypoints.job`, classifiers (``model.name=classifier``) by
+:mod:`lightning_ptq.classify.job`; the steps they share are in :mod:`lightning_ptq.pipeline`.
+With a ``search`` node, the calibrated model then goes through the per-layer search
+(:mod:`lightning_ptq.search.job`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from .models import (
     CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
     pretrained_detector,
 )
+from .classify import TinyResNet
+from .classify.job import run_classification
 from .data import detection_collate
 from .pipeline import (
     calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate, run_results,
@@ -74,9 +79,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))  # validate first
     check_calib_config(cfg.calib)
     is_keypoint = cfg.model.name == KeypointNet.family
-    check_loss_family(cfg.calib.loss, is_keypoint)
+    task = "keypoint" if is_keypoint else "classifier" if cfg.model.name == TinyResNet.family else "detector"
+    check_loss_family(cfg.calib.loss, task)
     keypoint_kwargs = keypoint_model_kwargs(cfg) if is_keypoint else None  # fails before anything is written
     if cfg.get("search"):
+        if is_keypoint:
+            raise ConfigError("search: the per-layer search runs on classifiers and detectors; drop search= for "
+                              "a keypoint model.")
         search_config(cfg.search, "max")
         check_selection(cfg.search)
     L.seed_everything(cfg.seed, verbose=False)
@@ -85,6 +94,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     logger = instantiate(cfg.logger) if cfg.logger else None
     if is_keypoint:
         return run_keypoints(cfg, run_dir, qcfg, keypoint_kwargs, logger)
+    if task == "classifier":
+        return run_classification(cfg, run_dir, qcfg, logger)
     return run_detection(cfg, run_dir, qcfg, logger)
 
 

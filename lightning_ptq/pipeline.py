@@ -44,19 +44,23 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
 
 
-def check_loss_family(loss: str, is_keypoint: bool) -> None:
-    """FGL needs a detector's boxes and scores, the keypoint loss a keypoint model's outputs."""
-    if loss == "fgl" and is_keypoint:
-        raise ConfigError("calib.loss=fgl needs a detector; for a keypoint model use keypoint_distill or output_mse.")
-    if loss == "keypoint_distill" and not is_keypoint:
-        raise ConfigError("calib.loss=keypoint_distill needs a keypoint model (model.name=keypoint); "
-                          "for a detector use fgl or output_mse.")
+def check_loss_family(loss: str, task: str) -> None:
+    """FGL needs a detector's boxes and scores, the keypoint loss a keypoint model's outputs;
+    ``task`` is ``detector``, ``keypoint`` or ``classifier``."""
+    usable = {"detector": "fgl or output_mse", "keypoint": "keypoint_distill or output_mse",
+              "classifier": "output_mse"}[task]
+    if loss == "fgl" and task != "detector":
+        raise ConfigError(f"calib.loss=fgl needs a detector; for a {task} model use {usable}.")
+    if loss == "keypoint_distill" and task != "keypoint":
+        raise ConfigError(f"calib.loss=keypoint_distill needs a keypoint model (model.name=keypoint); "
+                          f"for a {task} use {usable}.")
 
 
 def calibration_loss(calib: DictConfig, fp_model):
     """The distillation loss named by ``calib.loss``: FGL reads a detector's outputs through its
     own adapter; the keypoint loss compares coordinates and per-axis distributions."""
-    check_loss_family(calib.loss, getattr(fp_model, "family", None) == "keypoint")
+    family = getattr(fp_model, "family", None)
+    check_loss_family(calib.loss, family if family in ("keypoint", "classifier") else "detector")
     if calib.loss == "fgl":
         return FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
     if calib.loss == "keypoint_distill":
@@ -113,12 +117,13 @@ def save_run(run_dir: Path, qmodel, results: dict) -> None:
     atomic_write_json(results, run_dir / "results.json")
 
 
-def log_to_wandb(logger, results: dict, table: tuple[list[str], list[list]], image: Path, image_key: str,
+def log_to_wandb(logger, results: dict, table: tuple[list[str], list[list]], image: Path | None, image_key: str,
                  cfg: DictConfig) -> None:
-    """The run's config, its numbers, the FP-vs-quantized table and the picture, then finish."""
+    """The run's config, its numbers, the FP-vs-quantized table and the picture (if any), then finish."""
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     logger.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
     columns, rows = table
     logger.log_table(key="fp_vs_quant", columns=columns, data=rows)
-    logger.log_image(key=image_key, images=[str(image)])
+    if image is not None:
+        logger.log_image(key=image_key, images=[str(image)])
     logger.experiment.finish()

@@ -37,12 +37,17 @@ def candidates_for(weight_quant: QuantizerBase, input_quant: QuantizerBase, perc
                    more_bits, allow_float: bool) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
     """The three phases for a layer: activation ranges at the same bits; weight ranges at the same
     bits (none for a log-affine quantizer, whose range is its own search); more bits
-    (both quantizers to ``b`` for each ``b`` in ``more_bits`` above the current width) and float."""
+    (both quantizers to ``b`` for each ``b`` in ``more_bits`` above the current width, MSE
+    ranges) and float."""
     methods = range_methods(percentiles, clip_ratios)
     act_phase = [] if isinstance(input_quant, LogAffineQuantizer) else [Candidate(a=m) for m in methods]
     weight_phase = [] if isinstance(weight_quant, LogAffineQuantizer) else [Candidate(w=m) for m in methods]
     current = max(weight_quant.bits, input_quant.bits)
-    bits_phase = [Candidate(w_bits=b, a_bits=b) for b in sorted(more_bits) if b > current]
+    # At more bits the best clipping is wider than at the current width: take the MSE-optimal range
+    # for that width (a log-affine quantizer its own search) rather than the best one found so far.
+    wider = {"w": "laq" if isinstance(weight_quant, LogAffineQuantizer) else "mse",
+             "a": "laq" if isinstance(input_quant, LogAffineQuantizer) else "mse"}
+    bits_phase = [Candidate(wider["w"], wider["a"], b, b) for b in sorted(more_bits) if b > current]
     if allow_float:
         bits_phase.append(Candidate(float_=True))
     return act_phase, weight_phase, bits_phase

@@ -1,4 +1,5 @@
 """Every config group and recipe composes and instantiates; bad values fail with clear messages."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +16,22 @@ from lightning_ptq.quant import QuantConfig
 
 def test_recipes_exist():
     assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8", "fcos_w4a4", "fcos_w4a8", "fcos_w8a8",
-            "keypoint_w8a8", "keypoint_w4a4"} <= set(recipe_names())
+            "keypoint_w8a8", "keypoint_w4a4", "classifier_w4a4_search", "yolo_w4a4_search"} <= set(recipe_names())
+
+
+DATA_FOLDERS = {"keypoint": "keypoints", "classifier": "classes"}
 
 
 @pytest.mark.parametrize("recipe", recipe_names())
 def test_every_recipe_composes_and_validates(recipe, tmp_path):
     cfg = compose_config([f"+recipe={recipe}", f"cache_dir={tmp_path}", "logger=none"])
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
-    w, a = recipe.rsplit("_", 1)[1][1:].split("a")
+    w, a = re.search(r"_w(\d)a(\d)", recipe).groups()  # <model>_w<W>a<A>[_search]
     assert (qcfg.w_bits, qcfg.a_bits) == (int(w), int(a))
     check_calib_config(cfg.calib)
+    assert (cfg.get("search") is not None) == recipe.endswith("_search")
     datamodule = instantiate(cfg.data)
-    assert Path(datamodule.root) == tmp_path / "data" / ("keypoints" if recipe.startswith("keypoint") else "shapes")
+    assert Path(datamodule.root) == tmp_path / "data" / DATA_FOLDERS.get(recipe.split("_")[0], "shapes")
 
 
 def test_logger_config_instantiates_offline(tmp_path, monkeypatch):

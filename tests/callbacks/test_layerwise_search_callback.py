@@ -5,7 +5,6 @@ import json
 import lightning as L
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ptq.callbacks import LayerwiseSearch, MetricNotLoggedError, QuantizationCallback

@@ -1,0 +1,48 @@
+"""The classifier job, plain and with the per-layer search (``+recipe=classifier_w4a4_search``),
+on a tiny configuration."""
+import json
+
+import pytest
+
+from lightning_ptq.app import run
+from lightning_ptq.hydra_setup import compose_config
+from lightning_ptq.quant import ConfigError
+from lightning_ptq.search import PoolTooSmallError
+
+TINY = ["logger=none", "trainer.enable_progress_bar=false",
+        "data.generator_kwargs={splits: {train: 60, pool: 100, test: 40}}", "model.train.epochs=1", "calib.batch_size=16"]
+SEARCH = ["search.calib_per_class=2", "search.val_per_class=4", "search.max_evaluations=30"]
+
+
+def tiny_cfg(cache_dir, *overrides, search=True):
+    return compose_config(["+recipe=classifier_w4a4_search", f"cache_dir={cache_dir}", *TINY,
+                           *(SEARCH if search else ["~search"]), *overrides])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_search_job_on_balanced_sets(cache_dir, tmp_path):
+    results = run(tiny_cfg(cache_dir, "search.threshold=0.0"), tmp_path)
+    assert results["calib_images"] == 20  # 2 per class x 10 classes
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["evaluations"]["sensitivity"] == len(saved["layers"]) + 1
+    assert saved["evaluations"]["search"] <= 30 + 1
+    assert results["quant.acc"] == pytest.approx(results["search.test_final"])
+    assert results["search.val_final"] >= results["search.val_start"]
+    assert {"layer_params.json", "sensitivity.png", "results.json", "packed.pt"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_plain_classifier_job_calibrates_on_the_first_pool_images(cache_dir, tmp_path):
+    results = run(tiny_cfg(cache_dir, "calib.num_images=24", search=False), tmp_path)
+    assert results["calib_images"] == 24 and "search.val_final" not in results
+    assert 0.0 <= results["quant.acc"] <= 1.0 and results["size_ratio"] > 4
+
+
+def test_pool_too_small_and_wrong_loss(cache_dir, tmp_path):
+    with pytest.raises(PoolTooSmallError, match=r"cannot give 2 calibration \+ 20 validation images per class"):
+        run(tiny_cfg(cache_dir, "search.val_per_class=20"), tmp_path)
+    with pytest.raises(ConfigError, match="calib.loss=fgl needs a detector; for a classifier model use output_mse"):
+        run(tiny_cfg(cache_dir, "calib.loss=fgl"), tmp_path)
