@@ -12,6 +12,7 @@ from .calib import FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
 from .quant import ConfigError, QuantConfig, quantize
+from .search.params import apply_layer_params
 
 LOSSES = ("output_mse", "fgl", "keypoint_distill")
 
@@ -84,9 +85,14 @@ def calibration_batches(datamodule, num_images: int) -> list:
 
 def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
                            logger=None, checkpoint_dir: Path | None = None):
-    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds)."""
+    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds).
+    With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
+    bits and ranges instead."""
     qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
     start = time.perf_counter()
+    if calib.get("layer_params"):
+        apply_layer_params(qmodel, calib.layer_params, strict=True)
+        return qmodel, time.perf_counter() - start
     calibrate(
         fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
         num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,

@@ -36,18 +36,23 @@ def range_methods(percentiles, clip_ratios) -> list[str]:
 def candidates_for(weight_quant: QuantizerBase, input_quant: QuantizerBase, percentiles, clip_ratios,
                    more_bits, allow_float: bool) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
     """The three phases for a layer: activation ranges at the same bits; weight ranges at the same
-    bits (none for a log-affine quantizer, whose range is its own search); more bits
-    (both quantizers to ``b`` for each ``b`` in ``more_bits`` above the current width, MSE
-    ranges) and float."""
+    bits (none for a log-affine quantizer, whose range is its own search); more bits (for each
+    ``b`` in ``more_bits``: the input to ``b``, then both, MSE ranges) and float."""
     methods = range_methods(percentiles, clip_ratios)
     act_phase = [] if isinstance(input_quant, LogAffineQuantizer) else [Candidate(a=m) for m in methods]
     weight_phase = [] if isinstance(weight_quant, LogAffineQuantizer) else [Candidate(w=m) for m in methods]
-    current = max(weight_quant.bits, input_quant.bits)
     # At more bits the best clipping is wider than at the current width: take the MSE-optimal range
     # for that width (a log-affine quantizer its own search) rather than the best one found so far.
+    # Wider inputs alone first (the cheaper fix when the input is what hurts, e.g. an RGB image),
+    # then both.
     wider = {"w": "laq" if isinstance(weight_quant, LogAffineQuantizer) else "mse",
              "a": "laq" if isinstance(input_quant, LogAffineQuantizer) else "mse"}
-    bits_phase = [Candidate(wider["w"], wider["a"], b, b) for b in sorted(more_bits) if b > current]
+    bits_phase = []
+    for b in sorted(more_bits):
+        if b > input_quant.bits:
+            bits_phase.append(Candidate(a=wider["a"], a_bits=b))
+        if b > weight_quant.bits:
+            bits_phase.append(Candidate(wider["w"], wider["a"], b, max(b, input_quant.bits)))
     if allow_float:
         bits_phase.append(Candidate(float_=True))
     return act_phase, weight_phase, bits_phase

@@ -64,7 +64,7 @@ class SearchConfig:
     max_targets: int | None = None
     target: float | None = None
     max_drop: float | None = 0.01
-    tolerance: float = 0.002
+    tolerance: float = 0.005
     max_tries_per_layer: int = 24
     max_evaluations: int = 400
     percentiles: tuple[float, ...] = (99.9, 99.99)

@@ -64,18 +64,24 @@ def read_layer_params(path: str | Path) -> dict:
     return params
 
 
-def apply_layer_params(model: nn.Module, params: dict | str | Path) -> nn.Module:
+def apply_layer_params(model: nn.Module, params: dict | str | Path, strict: bool = False) -> nn.Module:
     """Give ``model``'s quantized layers the bits and ranges of ``params`` (a dict or a file), and
-    swap its ``float`` layers back to float; in place, returns ``model``."""
+    swap its ``float`` layers back to float; in place, returns ``model``. With ``strict``, every
+    quantized layer of ``model`` must be in the file (then no calibration is needed)."""
     if not isinstance(params, dict):
         params = read_layer_params(params)
     layers = quantized_layers(model)
-    unknown = sorted((set(params["layers"]) | set(params["float"])) - set(layers))
-    if unknown:
+    named = set(params["layers"]) | set(params["float"])
+    unknown = sorted(named - set(layers))
+    missing = [n for n in layers if n not in named] if strict else []
+    if unknown or missing:
         raise LayerParamsError(
-            f"the parameter file names layers {unknown} that are not quantized layers of "
-            f"{type(model).__name__} (those are: {list(layers)}); quantize the model with the "
-            f"configuration the file was searched with."
+            f"the parameter file does not fit {type(model).__name__}: "
+            + (f"it names layers {unknown} that are not quantized layers of the model" if unknown else "")
+            + ("; " if unknown and missing else "")
+            + (f"it lacks the quantized layers {missing}" if missing else "")
+            + f" (the model's quantized layers are {list(layers)}); quantize the model with the configuration "
+              f"the file was searched with."
         )
     for name, entry in params["layers"].items():
         layer = layers[name]

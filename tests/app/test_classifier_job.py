@@ -24,8 +24,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def test_search_job_on_balanced_sets(cache_dir, tmp_path):
-    results = run(tiny_cfg(cache_dir, "search.threshold=0.0"), tmp_path)
+def test_search_job_on_balanced_sets_and_its_parameter_file_rebuilds_the_result(cache_dir, tmp_path):
+    results = run(tiny_cfg(cache_dir, "search.threshold=0.0"), tmp_path / "search")
+    tmp_path = tmp_path / "search"
     assert results["calib_images"] == 20  # 2 per class x 10 classes
     saved = json.loads((tmp_path / "search.json").read_text())
     assert saved["evaluations"]["sensitivity"] == len(saved["layers"]) + 1
@@ -33,6 +34,10 @@ def test_search_job_on_balanced_sets(cache_dir, tmp_path):
     assert results["quant.acc"] == pytest.approx(results["search.test_final"])
     assert results["search.val_final"] >= results["search.val_start"]
     assert {"layer_params.json", "sensitivity.png", "results.json", "packed.pt"} <= {p.name for p in tmp_path.iterdir()}
+
+    again = run(tiny_cfg(cache_dir, f"calib.layer_params={tmp_path / 'layer_params.json'}", search=False),
+                tmp_path.parent / "applied")
+    assert again["quant.acc"] == results["quant.acc"]  # the searched model, without searching
 
 
 def test_plain_classifier_job_calibrates_on_the_first_pool_images(cache_dir, tmp_path):

@@ -129,6 +129,11 @@ def test_parameter_file_errors(blobs_task, quantized, tmp_path):
     params["layers"]["head.9"] = params["layers"].pop("2")
     with pytest.raises(LayerParamsError, match=r"names layers \['head.9'\] that are not quantized layers"):
         apply_layer_params(quantized(model, calib), params)
+    partial = layer_params(q)
+    del partial["layers"]["0.0"]
+    apply_layer_params(quantized(model, calib), partial)  # fine: the file updates what it names
+    with pytest.raises(LayerParamsError, match=r"it lacks the quantized layers \['0.0'\]"):
+        apply_layer_params(quantized(model, calib), partial, strict=True)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(LayerParamsError, match="is not valid JSON"):
         apply_layer_params(q, tmp_path / "bad.json")
