@@ -19,8 +19,9 @@ next to the validation one to see how much the search fitted its validation set.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,6 +34,7 @@ from ..quant.laq import LogAffineQuantizer
 from ..quant.quantizer import FakeQuantizer, QuantizerBase
 from ..quant.swap import quantized_layers, set_submodule
 from .candidates import Candidate, build_quantizer, candidates_for
+from .evaluator import FunctionEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,11 @@ class _Budget:
     def score(self, model, changed) -> float:
         self.used += 1
         self.layer_used += 1
-        return self.sign * self.evaluate(model, changed)
+        value = self.evaluate(model, changed)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the validation metric is {value} after changing layer {changed!r}: check the "
+                                     f"evaluator and the model's outputs on the validation set.")
+        return self.sign * value
 
     def left(self, per_layer: int) -> bool:
         return self.used < self.total and self.layer_used < per_layer
@@ -197,7 +203,6 @@ def search_layers(
     config: SearchConfig | None = None,
     forward_fn: ForwardFn = default_forward,
     progress: bool = True,
-    on_layer_done: Callable[[LayerRecord], None] | None = None,
 ) -> SearchResult:
     """Search per-layer parameters of the calibrated ``qmodel`` in place; returns the report.
 
@@ -205,8 +210,6 @@ def search_layers(
     a plain ``fn(model) -> float`` is wrapped). ``calib_batches`` (the calibration set) give the
     input values the range candidates are computed from.
     """
-    from .evaluator import FunctionEvaluator
-
     cfg = config or SearchConfig()
     if not hasattr(evaluator, "reset"):
         evaluator = FunctionEvaluator(evaluator)
@@ -219,6 +222,15 @@ def search_layers(
     sign = 1.0 if cfg.mode == "max" else -1.0
     was_training = qmodel.training
     qmodel.eval()
+    try:
+        return _search(qmodel, layers, calib_batches, evaluator, cfg, sign, forward_fn, progress)
+    finally:  # whatever happened, every remaining quantized layer quantizes again
+        _set_active(quantized_layers(qmodel), set(quantized_layers(qmodel)))
+        qmodel.train(was_training)
+
+
+def _search(qmodel, layers: dict, calib_batches, evaluator, cfg: SearchConfig, sign: float, forward_fn,
+            progress: bool) -> SearchResult:
     budget = _Budget(evaluator, sign, cfg.max_evaluations)
 
     # 1. sensitivity: one layer quantized at a time; the base state (cached by the evaluator) is float
@@ -256,9 +268,6 @@ def search_layers(
         budget.layer_used = 0
         score = _search_layer(qmodel, layers[r.name], r, rows[r.name], score, budget, evaluator, cfg)
         r.metric_after = sign * score
-        if on_layer_done is not None:
-            on_layer_done(r)
-    qmodel.train(was_training)
 
     result = SearchResult(
         fp_metric=sign * fp_score, start_metric=sign * start_score, final_metric=sign * score, goal=sign * goal,
@@ -268,9 +277,9 @@ def search_layers(
     )
     if not result.reached:
         log.warning(
-            "the search did not reach its goal (validation metric %.4f, goal %.4f) within its budget "
-            "(%d targets, %d evaluations); the best found is kept: %.4f (start %.4f).", result.final_metric,
-            result.goal, len(targets), budget.used, result.final_metric, result.start_metric)
+            "the search did not reach its goal (validation metric %.4f, goal %.4f) within its budget (%d targets, "
+            "%d evaluations); the best found is kept (start %.4f).", result.final_metric, result.goal, len(targets),
+            budget.used, result.start_metric)
     return result
 
 

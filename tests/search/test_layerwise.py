@@ -150,3 +150,17 @@ def test_report_rows_and_plot(blobs_task, quantized, tmp_path):
     assert columns[:3] == ["layer", "sensitivity", "target"]
     png = plot_sensitivity(result, tmp_path / "sensitivity.png", 0.001)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_nan_metric_stops_the_search_naming_the_layer_and_leaves_quantization_on(blobs_task, quantized):
+    model, calib, _ = blobs_task
+    q = quantized(model, calib)
+    calls = []
+
+    def metric(m):
+        calls.append(1)
+        return float("nan") if len(calls) == 3 else 0.5
+
+    with pytest.raises(FloatingPointError, match=r"the validation metric is nan after changing layer '1.0'"):
+        search_layers(q, calib, metric, progress=False)
+    assert all(quantizer.is_active for layer in quantized_layers(q).values() for quantizer in layer.quantizers)
