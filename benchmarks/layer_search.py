@@ -5,7 +5,8 @@ Classifier (the embedded TinyResNet on ten confusable shapes), W4A4, one FP mode
 * FP32; W4A4 with uniform min/max ranges; the same + search; W4A4 with the default ranges
   (MSE weights, percentile activations); the same + search;
 * each for class-balanced and for random calibration / validation sets of the same sizes, drawn
-  from the pool split, over ``--seeds`` (mean and spread);
+  from the pool split (balanced as generated, or long-tailed with ``--pool-decay``), over
+  ``--seeds`` (mean and spread);
 * test and validation accuracy, the share of the min/max-to-FP gap the search recovers on test,
   evaluations, minutes, average bits; and the cost of one sensitivity pass with the cached stage
   inputs against full evaluations (same numbers, time ratio).
@@ -16,6 +17,8 @@ cost; next to the plain ``yolo_w4a4`` job (its usual 256 first calibration image
 
     python benchmarks/layer_search.py --out benchmarks/results/layer_search
     python benchmarks/layer_search.py --parts classifier --seeds 0 1 -- num_threads=1
+    python benchmarks/layer_search.py --parts classifier --pool-decay 0.75 --out benchmarks/results/layer_search_long_tail \
+        -- search.calib_per_class=5 search.val_per_class=10
 
 Writes ``<out>.json`` (every run and the summaries) and ``<out>.md`` (the tables).
 """
@@ -32,7 +35,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import default_collate
+from torch.utils.data import Subset, default_collate
 
 from lightning_ptq.app import run
 from lightning_ptq.classify import evaluate_accuracy
@@ -49,7 +52,17 @@ INITS = {"minmax": {"w_init": "minmax", "a_init": "minmax"}, "default": {}}  # {
 SELECTIONS = ("balanced", "random")
 
 
-def classifier_runs(overrides: list[str], seeds: list[int]) -> tuple[list[dict], dict]:
+def long_tail(labels: list[int], decay: float) -> list[int]:
+    """Pool indices that keep ``decay ** c`` of the images of class ``c`` (a long-tailed pool, as
+    real data is; the generated pool is balanced)."""
+    kept = []
+    for c in sorted(set(labels)):
+        of_class = [i for i, label in enumerate(labels) if label == c]
+        kept += of_class[: max(1, round(len(of_class) * decay ** c))]
+    return sorted(kept)
+
+
+def classifier_runs(overrides: list[str], seeds: list[int], pool_decay: float | None) -> tuple[list[dict], dict]:
     cfg = compose_config(["+recipe=classifier_w4a4_search", "logger=none", "trainer.enable_progress_bar=false",
                           *overrides])
     if cfg.num_threads:
@@ -57,7 +70,9 @@ def classifier_runs(overrides: list[str], seeds: list[int]) -> tuple[list[dict],
     datamodule, fp_model = load_classification_data_and_model(cfg)
     test = datamodule.test_dataloader()
     fp_test = evaluate_accuracy(fp_model, test)
-    pool, labels = datamodule.dataset("pool"), [[label] for label in datamodule.labels("pool")]
+    pool_labels = datamodule.labels("pool")
+    pool_ids = long_tail(pool_labels, pool_decay) if pool_decay else list(range(len(pool_labels)))
+    pool, labels = Subset(datamodule.dataset("pool"), pool_ids), [[pool_labels[i]] for i in pool_ids]
     runs, cache = [], {}
     for selection in SELECTIONS:
         for seed in seeds:
@@ -82,7 +97,7 @@ def classifier_runs(overrides: list[str], seeds: list[int]) -> tuple[list[dict],
                     "val_final": result.final_metric, "evaluations": sum(result.evaluations.values()),
                     "minutes": sum(result.seconds.values()) / 60, "targets": sum(r.target for r in result.layers),
                     "float_layers": len(result.float_layers), **result.average_bits(),
-                    "calib_images": len(calib_idx), "val_images": len(val_idx),
+                    "calib_images": len(calib_idx), "val_images": len(val_idx), "pool_images": len(pool_ids),
                 })
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in runs[-1].items()}, flush=True)
     return runs, cache
@@ -133,12 +148,12 @@ def _pm(row: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
     return f"{row[key] * scale:.{digits}f} ± {row[key + '_std'] * scale:.{digits}f}"
 
 
-def classifier_table(rows: list[dict], cache: dict) -> dict:
+def classifier_table(rows: list[dict], cache: dict, pool: str) -> dict:
     caption = (f"sensitivity pass: cached stage inputs {cache['cached_seconds']:.1f} s vs full evaluations "
                f"{cache['full_seconds']:.1f} s ({cache['speedup']:.1f}x), max difference "
                f"{cache['max_sensitivity_difference']:.1e}") if cache else ""
     return {
-        "title": f"Classifier W4A4: per-layer search (FP32 test accuracy {rows[0]['fp_test']:.2%})",
+        "title": f"Classifier W4A4: per-layer search, {pool} (FP32 test accuracy {rows[0]['fp_test']:.2%})",
         "columns": ["selection", "ranges", "test before", "test searched", "gap recovered (test)", "val before",
                     "val searched", "evaluations", "minutes", "avg W / A bits", "runs"],
         "rows": [[r["selection"], r["init"], _pm(r, "test_start"), _pm(r, "test_final"),
@@ -188,15 +203,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["classifier", "detector"], choices=["classifier", "detector"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pool-decay", type=float, default=None,
+                        help="keep decay**c of class c's pool images (a long-tailed pool); default: the whole pool")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layer_search"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
     report, tables = {"command": " ".join(["python benchmarks/layer_search.py", *sys.argv[1:]])}, []
     if "classifier" in args.parts:
-        runs, cache = classifier_runs(args.overrides, args.seeds)
+        runs, cache = classifier_runs(args.overrides, args.seeds, args.pool_decay)
         rows = summarise_classifier(runs)
-        report["classifier"] = {"runs": runs, "summary": rows, "cache": cache}
-        tables.append(classifier_table(rows, cache))
+        pool = f"long-tailed pool of {runs[0]['pool_images']} images (decay {args.pool_decay:g})" \
+            if args.pool_decay else f"balanced pool of {runs[0]['pool_images']} images"
+        report["classifier"] = {"runs": runs, "summary": rows, "cache": cache, "pool": pool}
+        tables.append(classifier_table(rows, cache, pool))
     if "detector" in args.parts:
         report["detector"] = detector_runs(args.overrides, args.out)
         tables.append(detector_table(report["detector"]))
