@@ -2,6 +2,7 @@
 validation metric, the one their LightningModule logs in ``validation_step``."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..quant.swap import quantized_layers
 from ..search.layerwise import SearchConfig, SearchResult, search_layers
 from ..search.params import save_layer_params
 from ..search.report import layer_rows, layer_table, plot_sensitivity
+from .quantization import calibration_source
 
 
 class MetricNotLoggedError(KeyError):
@@ -69,8 +71,9 @@ class LayerwiseSearch(Callback):
             raise ValueError("LayerwiseSearch found no quantized layer: put a QuantizationCallback before it "
                              "in callbacks=[...] (or quantize and calibrate the model first).")
         val = BatchList([trainer.strategy.batch_to_device(b, pl_module.device) for b in self._val_batches(trainer)])
+        source = calibration_source(trainer, self.calib_dataloader, "LayerwiseSearch")
         calib = [trainer.strategy.batch_to_device(b, pl_module.device)
-                 for _, b in zip(range(self.num_calib_batches or 1 << 30), self._calib_batches(trainer))]
+                 for b in itertools.islice(source, self.num_calib_batches)]
         inner = L.Trainer(accelerator=trainer.accelerator, devices=1, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, callbacks=[])
 
@@ -96,16 +99,6 @@ class LayerwiseSearch(Callback):
         if trainer.datamodule is not None:
             return trainer.datamodule.val_dataloader()
         raise ValueError("LayerwiseSearch has no validation data: pass val_dataloader=... or use a datamodule.")
-
-    def _calib_batches(self, trainer: L.Trainer) -> Iterable:
-        if self.calib_dataloader is not None:
-            return self.calib_dataloader
-        dm = trainer.datamodule
-        for name in ("calib_dataloader", "train_dataloader"):
-            if dm is not None and hasattr(dm, name):
-                return getattr(dm, name)()
-        raise ValueError("LayerwiseSearch has no calibration data: pass calib_dataloader=... or use a "
-                         "datamodule with calib_dataloader() or train_dataloader().")
 
     def _report(self, trainer: L.Trainer, model: nn.Module) -> None:
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "layerwise_search")

@@ -13,6 +13,21 @@ from ..quant.config import QuantConfig
 from ..quant.swap import quantize, quantized_layers
 
 
+def calibration_source(trainer: L.Trainer, calib_dataloader: Iterable | None, owner: str) -> Iterable:
+    """``calib_dataloader`` if given, else the datamodule's ``calib_dataloader()``, else its
+    ``train_dataloader()``."""
+    if calib_dataloader is not None:
+        return calib_dataloader
+    dm = trainer.datamodule
+    for name in ("calib_dataloader", "train_dataloader"):
+        if dm is not None and hasattr(dm, name):
+            return getattr(dm, name)()
+    raise ValueError(
+        f"{owner} has no calibration data: pass calib_dataloader=... or use a LightningDataModule with a "
+        f"calib_dataloader() or train_dataloader() method."
+    )
+
+
 class QuantizationCallback(Callback):
     """Swap the selected layers of ``pl_module`` for fake-quant layers and calibrate their ranges.
 
@@ -88,16 +103,7 @@ class QuantizationCallback(Callback):
         )
 
     def calibration_batches(self, trainer: L.Trainer) -> Iterable:
-        if self.calib_dataloader is not None:
-            return self.calib_dataloader
-        dm = trainer.datamodule
-        for name in ("calib_dataloader", "train_dataloader"):
-            if dm is not None and hasattr(dm, name):
-                return getattr(dm, name)()
-        raise ValueError(
-            "QuantizationCallback has no calibration data: pass calib_dataloader=... or use a "
-            "LightningDataModule with a calib_dataloader() or train_dataloader() method."
-        )
+        return calibration_source(trainer, self.calib_dataloader, type(self).__name__)
 
     def calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set every quantizer's range from the calibration batches."""

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..io import atomic_torch_save, resume_checkpoint
-from ..models.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
+from ..models.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
 from ..quant.config import ConfigError
 from .model import TinyResNet
@@ -209,20 +209,8 @@ def load_classifier(path: str | os.PathLike, kwargs: dict | None = None, num_cla
     except (TypeError, ValueError) as err:
         raise CheckpointMismatchError(
             f"Checkpoint {path}: cannot build TinyResNet({num_classes}, **{kwargs}): {err}") from err
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(
-            f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-            if items)
-        raise CheckpointMismatchError(
-            f"Checkpoint {path} does not fit the classifier (num_classes={num_classes}, kwargs={kwargs}): "
-            f"{detail}. Set model.kwargs and the data to what it was trained with, or "
-            f"model.checkpoint=null to train one.")
-    model.load_state_dict(state)
+    load_strict(model, state, path, f"the classifier (num_classes={num_classes}, kwargs={kwargs})",
+                "Set model.kwargs and the data to what it was trained with, or model.checkpoint=null to train one.")
     return model
 
 

@@ -120,11 +120,17 @@ def load_detector(path: str | os.PathLike, num_classes: int, image_size: int, mo
                     f"Use a checkpoint trained on this data, or set model.checkpoint=null to pretrain one."
                 )
     model = build_detector(name, num_classes, image_size, model_kwargs)
-    _load_strict(model, state_dict_of(payload, path), path, model_kwargs)
+    load_strict(model, state_dict_of(payload, path), path,
+                f"the configured detector (model.name={model.family}, num_classes={model.num_classes}, "
+                f"model.kwargs={model_kwargs})",
+                "Set model.name, model.kwargs and the data to what the checkpoint was trained with, or use "
+                "model.checkpoint=null to pretrain one.")
     return model
 
 
-def _load_strict(model: nn.Module, state: dict, path: Path, model_kwargs: dict) -> None:
+def load_strict(model: nn.Module, state: dict, path: Path, fits: str, fix: str) -> None:
+    """Load ``state`` into ``model``; missing, unexpected or mis-shaped tensors are a
+    :class:`CheckpointMismatchError` naming them, what the checkpoint should fit and the fix."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -136,10 +142,5 @@ def _load_strict(model: nn.Module, state: dict, path: Path, model_kwargs: dict) 
             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
             if items
         )
-        raise CheckpointMismatchError(
-            f"Checkpoint {path} does not fit the configured detector (model.name={model.family}, "
-            f"num_classes={model.num_classes}, model.kwargs={model_kwargs}): {detail}. Set model.name, "
-            f"model.kwargs and the data to what the checkpoint was trained with, or use "
-            f"model.checkpoint=null to pretrain one."
-        )
+        raise CheckpointMismatchError(f"Checkpoint {path} does not fit {fits}: {detail}. {fix}")
     model.load_state_dict(state)

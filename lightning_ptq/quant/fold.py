@@ -59,15 +59,19 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None, 
         parent_name, _, child = bn_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, nn.Identity())
     if reference is not None:
-        folded = model_outputs(model, example_input)
-        err = max((a - b).abs().max().item() for a, b in zip(reference, folded))
-        scale = max(a.abs().max().item() for a in reference)
-        if err > atol * max(scale, 1.0):
-            raise RuntimeError(
-                f"BatchNorm folding changed the model output (max abs error {err:.3g}): one of the "
-                f"folded pairs {pairs} is not applied as conv -> bn in forward. Set fold_bn=false."
-            )
+        check_same_outputs(reference, model, example_input, atol,
+                           f"BatchNorm folding changed the model output (max abs error {{err:.3g}}): one of the "
+                           f"folded pairs {pairs} is not applied as conv -> bn in forward. Set fold_bn=false.")
     return pairs
+
+
+def check_same_outputs(reference: list[torch.Tensor], model: nn.Module, x: torch.Tensor, atol: float,
+                       message: str) -> None:
+    """Raise ``RuntimeError(message)`` (``{err}`` filled in) when ``model(x)`` differs from
+    ``reference`` by more than ``atol`` relative to the output's scale."""
+    err = max((a - b).abs().max().item() for a, b in zip(reference, model_outputs(model, x)))
+    if err > atol * max(max(a.abs().max().item() for a in reference), 1.0):
+        raise RuntimeError(message.format(err=err))
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

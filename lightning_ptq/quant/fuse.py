@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fold import model_outputs
+from .fold import check_same_outputs, model_outputs
 
 # Element-wise activations without parameters (a PReLU's weight would change the state_dict).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.Hardtanh)
@@ -88,12 +88,7 @@ def fuse_activations(model: nn.Module, example_input: torch.Tensor | None = None
             parent_name, _, child = name.rpartition(".")
             setattr(modules[parent_name] if parent_name else model, child, new)
     if example_input is not None:
-        fused = model_outputs(model, example_input)
-        err = max((a - b).abs().max().item() for a, b in zip(reference, fused))
-        scale = max(a.abs().max().item() for a in reference)
-        if err > atol * max(scale, 1.0):
-            raise RuntimeError(
-                f"fusing activations changed the model output (max abs error {err:.3g}): one of "
-                f"{units} is not applied right after its conv in forward. Set quant.fuse_act=false."
-            )
+        check_same_outputs(reference, model, example_input, atol,
+                           f"fusing activations changed the model output (max abs error {{err:.3g}}): one of "
+                           f"{units} is not applied right after its conv in forward. Set quant.fuse_act=false.")
     return units
