@@ -68,7 +68,8 @@ class QuantConfig:
         learnable: make scales (and activation zero points) trainable parameters (LSQ).
         fold_bn: fold BatchNorm into the preceding convolution before quantizing.
         fuse_act: fuse each conv with the activation that follows it (after its BN) into one
-            unit (:mod:`~lightning_ptq.quant.fuse`), as a deployed kernel runs them.
+            unit (:mod:`~lightning_ptq.quant.fuse`), as a deployed kernel runs them; done when
+            :func:`~lightning_ptq.quant.quantize` gets an ``example_input`` (the jobs pass one).
         include, exclude: ``fnmatch`` patterns on module names (``model.head.*``); a layer is
             quantized when it matches an include pattern, no exclude pattern, and ``types``.
         types: layer types to quantize, any of ``Conv2d``, ``Linear``.

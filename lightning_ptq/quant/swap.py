@@ -56,7 +56,9 @@ def quantize(
 
     The quantizers start uninitialised (they pass values through) until calibration sets their
     ranges: see :func:`lightning_ptq.calibrate` or :func:`lightning_ptq.calib.calibrate_ranges`.
-    ``example_input`` (optional) checks BN folding and fusion numerically.
+    ``example_input`` (optional) checks BN folding numerically; activation fusion needs it (a
+    forward pass shows which activation modules are applied once, right after their conv), and
+    without it nothing is fused.
     """
     cfg = cfg or QuantConfig()
     if not inplace:
@@ -65,7 +67,7 @@ def quantize(
         raise ValueError("the model is already quantized: call dequantize(model) first.")
     if cfg.fold_bn:
         fold_batchnorm(model, example_input)
-    if cfg.fuse_act:
+    if cfg.fuse_act and example_input is not None:  # only a forward pass tells which activations follow their conv
         fuse_activations(model, example_input)
     for name in _select(model, cfg):
         bits = cfg.layer_bits(name)

@@ -57,6 +57,15 @@ def test_an_activation_called_twice_is_not_fused():
     torch.testing.assert_close(block(x), ref)
 
 
+def test_without_an_example_input_quantize_fuses_nothing():
+    block = Residual(4).eval()
+    x = torch.randn(2, 4, 6, 6)
+    ref = block(x)
+    q = quantize(block, QuantConfig())  # the shared ReLU could not be told apart: no fusion
+    assert isinstance(q.relu, nn.ReLU) and q.conv1._modules.get("activation") is None
+    torch.testing.assert_close(q(x), ref)
+
+
 def test_quantized_unit_applies_its_activation_and_dequantizes_back():
     model = _seq()
     x = torch.randn(2, 3, 8, 8)

@@ -81,7 +81,7 @@ def test_quantize_swaps_every_conv_and_linear_and_keeps_original():
 @pytest.mark.parametrize("fuse_act", [True, False])
 def test_swap_shares_parameters_and_round_trips(fuse_act):
     net = _net()
-    q = quantize(net, QuantConfig(fuse_act=fuse_act), inplace=False)
+    q = quantize(net, QuantConfig(fuse_act=fuse_act), inplace=False, example_input=torch.randn(2, 3, 8, 8))
     conv = q.stem.conv
     assert isinstance(conv, QuantConv2d)
     back = conv.to_float()
