@@ -64,9 +64,6 @@ METHODS = {
     "laq_fgl_qdrop": ("LAQ + FGL + QDrop", LAQ_HEAD, {"loss": "fgl", "drop_prob": 0.5}),
     "laq_recon_fgl": ("LAQ + block recon + FGL", LAQ_HEAD, {"loss": "fgl", "recon": {"steps": 200}}),
     "laq_all": ("LAQ on every layer, output MSE", LAQ_ALL, {"loss": "output_mse"}),
-    "adaround": ("block reconstruction + AdaRound", {}, {"steps": 0, "recon": {"steps": 200, "adaround": True}}),
-    "adaround_laq_fgl": ("AdaRound blocks, then LAQ + FGL", LAQ_HEAD,
-                         {"loss": "fgl", "recon": {"steps": 200, "adaround": True}}),
 }
 DEFAULT_METHODS = ["minmax", "percentile", "mse", "lsq", "qdrop", "fgl", "laq", "laq_fgl", "laq_fgl_union"]
 

@@ -26,7 +26,6 @@ from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
-from .adaround import AdaRoundBlock
 from .module import cosine_schedule
 from .observe import ForwardFn, default_forward
 
@@ -140,25 +139,18 @@ def qdrop_hooks(model: nn.Module, drop_prob: float) -> list:
 
 
 def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, steps: int, lr: float,
-               drop_prob: float, generator: torch.Generator, rounding: AdaRoundBlock | None = None,
-               round_lr: float = 1e-2) -> float:
-    round_params = rounding.swap() if rounding is not None else []
-    if round_params:  # the weights' scales stay fixed while their rounding is learned
-        frozen = {id(layer.weight_quant.base.scale) for layer in rounding.layers}
-        params = [p for p in params if id(p) not in frozen]
-    if not params and not round_params:
+               drop_prob: float, generator: torch.Generator) -> float:
+    if not params:
         return float("nan")
-    opt = torch.optim.Adam([{"params": params, "lr": lr}, {"params": round_params, "lr": round_lr}])
+    opt = torch.optim.Adam(params, lr=lr)
     sched = cosine_schedule(opt, steps)
     hooks = qdrop_hooks(block, drop_prob) if drop_prob > 0 else []
     loss = torch.tensor(float("nan"))
     try:
-        for step in range(steps):
+        for _ in range(steps):
             args, target = samples[int(torch.randint(len(samples), (1,), generator=generator))]
             outs, targets = flatten_tensors(block(*_snapshot(args))), flatten_tensors(target)
             loss = torch.stack([(o - t).pow(2).mean() for o, t in zip(outs, targets)]).mean()
-            if rounding is not None:
-                loss = loss + rounding.regulariser(step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"reconstruction loss is {loss.item()}; lower the learning rate.")
             opt.zero_grad(set_to_none=True)
@@ -168,8 +160,6 @@ def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, step
     finally:
         for h in hooks:
             h.remove()
-        if rounding is not None:
-            rounding.finish()
     return loss.item()
 
 
@@ -184,8 +174,6 @@ def reconstruct(
     max_layers: int = 4,
     forward_fn: ForwardFn = default_forward,
     seed: int = 0,
-    adaround: bool = False,
-    round_lr: float = 1e-2,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -195,11 +183,8 @@ def reconstruct(
     Each block gets ``steps`` Adam steps (cosine-decayed ``lr``) on one recorded call at a time,
     so the total work is about that of ``steps`` full forward-backward passes. With
     ``checkpoint_dir``, the quantized model's state is saved after every block
-    (``recon_state.pt``) and an interrupted run continues with the next block. With
-    ``adaround``, the uniform weight quantizers' scales stay fixed and each weight's rounding
-    (up or down) is learned instead (:mod:`~lightning_ptq.calib.adaround`, Adam at ``round_lr``),
-    then written into the weights. Returns the final reconstruction loss per block (with the
-    rounding regulariser when ``adaround``).
+    (``recon_state.pt``) and an interrupted run continues with the next block.
+    Returns the final reconstruction loss per block.
     """
     if not 0.0 <= drop_prob < 1.0:
         raise ValueError(f"drop_prob={drop_prob!r} must lie in [0, 1).")
@@ -232,10 +217,8 @@ def reconstruct(
                 p.requires_grad_(True)
             samples = _capture(qmodel, name, batches, forward_fn)
             try:
-                block = qmodel.get_submodule(name)
-                rounding = AdaRoundBlock(block, steps) if adaround else None
-                losses[name] = _fit_block(block, block_params[name], samples, steps, lr, drop_prob, generator,
-                                          rounding, round_lr)
+                losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
+                                          drop_prob, generator)
             except FloatingPointError as err:
                 raise FloatingPointError(f"block {name!r}: {err}") from err
             for p in block_params[name]:
