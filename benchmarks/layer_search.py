@@ -20,12 +20,17 @@ cost; next to the plain ``yolo_w4a4`` job (its usual 256 first calibration image
     python benchmarks/layer_search.py --parts classifier --pool-decay 0.75 --out benchmarks/results/layer_search_long_tail \
         -- search.calib_per_class=5 search.val_per_class=10
 
+Detector, balanced vs random sets: the ``yolo_w4a4_search`` job per selection and seed
+(``--parts detector_selection``; run the two selections in parallel and merge them with
+``--combine a.json b.json --out c``).
+
 Writes ``<out>.json`` (every run and the summaries) and ``<out>.md`` (the tables).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -144,6 +149,39 @@ def detector_runs(overrides: list[str], out: Path) -> dict:
     return {"yolo_w4a4": keep(plain), "yolo_w4a4_search": keep(searched)}
 
 
+def detector_selection_runs(overrides: list[str], seeds: list[int], selections: list[str], out: Path) -> list[dict]:
+    """The ``yolo_w4a4_search`` job per selection and seed: test and validation mAP before and
+    after the search, its cost and bits."""
+    runs = []
+    for selection in selections:
+        for seed in seeds:
+            r = run(compose_config(["+recipe=yolo_w4a4_search", "logger=none", "trainer.enable_progress_bar=false",
+                                    f"search.selection={selection}", f"search.seed={seed}", f"seed={seed}", *overrides]),
+                    out.with_name(f"{out.name}_yolo_{selection}_{seed}"))
+            runs.append({"selection": selection, "seed": seed, "fp_test": r["fp.map"], "test_start": r["search.test_start"],
+                         "test_final": r["search.test_final"], "val_start": r["search.val_start"],
+                         "val_final": r["search.val_final"], "evaluations": r["search.evaluations"],
+                         "minutes": r["search.minutes"], "avg_w_bits": r["search.avg_w_bits"],
+                         "avg_a_bits": r["search.avg_a_bits"], "calib_images": r["calib_images"]})
+            print(runs[-1], flush=True)
+    return runs
+
+
+def detector_selection_table(runs: list[dict]) -> dict:
+    rows = mean_and_spread(runs, ("selection",), ("test_start", "test_final", "val_start", "val_final", "evaluations",
+                                                   "minutes", "avg_w_bits", "avg_a_bits", "calib_images"))
+    return {
+        "title": f"YOLO-style detector W4A4 + search: balanced vs random sets (FP32 test mAP {runs[0]['fp_test']:.4f})",
+        "columns": ["selection", "test before", "test searched", "val before", "val searched", "evaluations",
+                    "search min", "avg W / A bits", "calib images", "runs"],
+        "rows": [[r["selection"], _pm(r, "test_start", 1, 4), _pm(r, "test_final", 1, 4), _pm(r, "val_start", 1, 4),
+                  _pm(r, "val_final", 1, 4), f"{r['evaluations']:.0f}", f"{r['minutes']:.1f}",
+                  f"{r['avg_w_bits']:.2f} / {r['avg_a_bits']:.2f}", f"{r['calib_images']:.0f}", str(r["n"])]
+                 for r in rows],
+        "caption": "mean ± sample std over seeds; each seed draws its own sets and calibrates on them",
+    }
+
+
 def _pm(row: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
     return f"{row[key] * scale:.{digits}f} ± {row[key + '_std'] * scale:.{digits}f}"
 
@@ -201,7 +239,11 @@ def markdown(t: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["classifier", "detector"], choices=["classifier", "detector"])
+    parser.add_argument("--parts", nargs="+", default=["classifier", "detector"],
+                        choices=["classifier", "detector", "detector_selection"])
+    parser.add_argument("--selections", nargs="+", default=["balanced", "random"], choices=["balanced", "random"])
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="merge the detector_selection runs of these result files (made in parallel), run nothing")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--pool-decay", type=float, default=None,
                         help="keep decay**c of class c's pool images (a long-tailed pool); default: the whole pool")
@@ -209,6 +251,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = parser.parse_args()
     report, tables = {"command": " ".join(["python benchmarks/layer_search.py", *sys.argv[1:]])}, []
+    if args.combine:
+        runs = [run for path in args.combine for run in json.loads(path.read_text())["detector_selection"]]
+        report["detector_selection"] = runs
+        tables.append(detector_selection_table(runs))
+        args.parts = []
     if "classifier" in args.parts:
         runs, cache = classifier_runs(args.overrides, args.seeds, args.pool_decay)
         rows = summarise_classifier(runs)
@@ -219,6 +266,9 @@ def main() -> None:
     if "detector" in args.parts:
         report["detector"] = detector_runs(args.overrides, args.out)
         tables.append(detector_table(report["detector"]))
+    if "detector_selection" in args.parts:
+        report["detector_selection"] = detector_selection_runs(args.overrides, args.seeds, args.selections, args.out)
+        tables.append(detector_selection_table(report["detector_selection"]))
     for t in tables:
         Console().print(rich_table(t))
     atomic_write_json(report, args.out.with_suffix(".json"))
