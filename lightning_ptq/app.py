@@ -31,7 +31,7 @@ from .models import (
     CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
     pretrained_detector,
 )
-from .classify import TinyResNet
+from .classify import ClassFoldersMismatchError, SplitFolderNotFoundError, TinyResNet
 from .classify.job import run_classification
 from .data import detection_collate
 from .pipeline import (
@@ -52,7 +52,7 @@ USER_ERRORS = (
     ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
     MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
     CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
-    NonFiniteLogitsError, PoolTooSmallError, LayerParamsError,
+    NonFiniteLogitsError, PoolTooSmallError, LayerParamsError, SplitFolderNotFoundError, ClassFoldersMismatchError,
 )
 
 

@@ -51,3 +51,17 @@ def test_pool_too_small_and_wrong_loss(cache_dir, tmp_path):
         run(tiny_cfg(cache_dir, "search.val_per_class=20"), tmp_path)
     with pytest.raises(ConfigError, match="calib.loss=fgl needs a detector; for a classifier model use output_mse"):
         run(tiny_cfg(cache_dir, "calib.loss=fgl"), tmp_path)
+
+
+def test_a_user_imagefolder_without_the_pool_split_is_named(cache_dir, tmp_path):
+    from lightning_ptq.app import USER_ERRORS
+    from lightning_ptq.classify import SplitFolderNotFoundError
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cat" / "0.png")
+    with pytest.raises(SplitFolderNotFoundError, match=r"Split folder .*pool does not exist") as err:
+        run(tiny_cfg(cache_dir, f"data.root={tmp_path / 'data'}", "data.generate_default=false"), tmp_path / "run")
+    assert isinstance(err.value, USER_ERRORS)  # the command line prints it without a traceback
