@@ -3,8 +3,10 @@ on a tiny configuration."""
 import json
 
 import pytest
+from PIL import Image
 
-from lightning_ptq.app import run
+from lightning_ptq.app import USER_ERRORS, run
+from lightning_ptq.classify import SplitFolderNotFoundError
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.quant import ConfigError
 from lightning_ptq.search import PoolTooSmallError
@@ -54,11 +56,6 @@ def test_pool_too_small_and_wrong_loss(cache_dir, tmp_path):
 
 
 def test_a_user_imagefolder_without_the_pool_split_is_named(cache_dir, tmp_path):
-    from lightning_ptq.app import USER_ERRORS
-    from lightning_ptq.classify import SplitFolderNotFoundError
-
-    from PIL import Image
-
     for split in ("train", "test"):
         (tmp_path / "data" / split / "cat").mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cat" / "0.png")
