@@ -2,15 +2,18 @@
 
 Public API (no Lightning or Hydra code needed)::
 
-    from lightning_ptq import QuantConfig, quantize, calibrate
+    from lightning_ptq import QuantConfig, quantize, calibrate, search_layers, SearchConfig
     qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
     calibrate(model, qmodel, calib_batches, steps=200)
+    result = search_layers(qmodel, calib_batches, my_val_metric, SearchConfig(max_drop=0.01))
 """
 from .calib import CalibrationModule, OutputMSE, calibrate, calibrate_ranges
 from .quant import LayerOverride, QuantConfig, dequantize, quantize, quantized_layers
+from .search import SearchConfig, apply_layer_params, save_layer_params, search_layers
 
 __all__ = [
-    "CalibrationModule", "LayerOverride", "OutputMSE", "QuantConfig", "calibrate",
-    "calibrate_ranges", "dequantize", "quantize", "quantized_layers",
+    "CalibrationModule", "LayerOverride", "OutputMSE", "QuantConfig", "SearchConfig", "apply_layer_params",
+    "calibrate", "calibrate_ranges", "dequantize", "quantize", "quantized_layers", "save_layer_params",
+    "search_layers",
 ]
 __version__ = "0.1.0"
