@@ -46,13 +46,14 @@ def check_selection(node: DictConfig) -> None:
 def select_sets(image_classes: Sequence, num_classes: int, class_names: Sequence[str],
                 node: DictConfig) -> tuple[list[int], list[int]]:
     """Calibration and validation indices into the pool: class-balanced, or (the baseline) random
-    with the same sizes."""
+    with as many images as the balanced sets would have (for detection, where an image counts for
+    each of its classes, that is fewer than ``per_class x classes``)."""
     check_selection(node)
+    calib, val = balanced_split(image_classes, num_classes, node.calib_per_class, node.val_per_class, node.seed,
+                                class_names)
     if node.selection == "balanced":
-        return balanced_split(image_classes, num_classes, node.calib_per_class, node.val_per_class, node.seed,
-                              class_names)
-    return random_split(len(image_classes), node.calib_per_class * num_classes, node.val_per_class * num_classes,
-                        node.seed)
+        return calib, val
+    return random_split(len(image_classes), len(calib), len(val), node.seed)
 
 
 def subset_batches(dataset: Dataset, indices: list[int], batch_size: int, collate: Callable) -> list:

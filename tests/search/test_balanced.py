@@ -1,8 +1,10 @@
 from collections import Counter
 
 import pytest
+from omegaconf import OmegaConf
 
 from lightning_ptq.search import PoolTooSmallError, balanced_split, random_split
+from lightning_ptq.search.job import select_sets
 
 
 def test_classification_sets_have_exactly_per_class_images_and_are_disjoint():
@@ -38,3 +40,12 @@ def test_bad_sizes_and_random_baseline():
     assert len(calib) == 10 and len(val) == 20 and not set(calib) & set(val)
     with pytest.raises(PoolTooSmallError, match="the pool has 5 images; 4 \\+ 4 were asked for"):
         random_split(5, 4, 4)
+
+
+def test_random_selection_draws_as_many_images_as_the_balanced_one():
+    pool = [{0, 1, 2}] * 30 + [{1}] * 30  # detection-like: most images hold every class
+    node = OmegaConf.create({"selection": "balanced", "calib_per_class": 4, "val_per_class": 4, "seed": 0})
+    calib, val = select_sets(pool, 3, ["a", "b", "c"], node)
+    node.selection = "random"
+    r_calib, r_val = select_sets(pool, 3, ["a", "b", "c"], node)
+    assert (len(r_calib), len(r_val)) == (len(calib), len(val)) and len(calib) < 4 * 3
