@@ -10,16 +10,13 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from torch import nn
 
 from ..calib.api import BatchList
 from ..calib.observe import ForwardFn, default_forward
-from ..io import atomic_write_json
 from ..quant.swap import quantized_layers
 from ..search.layerwise import SearchConfig, SearchResult, search_layers
-from ..search.params import save_layer_params
-from ..search.report import layer_rows, layer_table, plot_sensitivity
+from ..search.report import write_search_report
 from .quantization import calibration_source
 
 
@@ -101,13 +98,5 @@ class LayerwiseSearch(Callback):
         raise ValueError("LayerwiseSearch has no validation data: pass val_dataloader=... or use a datamodule.")
 
     def _report(self, trainer: L.Trainer, model: nn.Module) -> None:
-        out = Path(self.output_dir or Path(trainer.default_root_dir) / "layerwise_search")
-        save_layer_params(model, out / "layer_params.json", self.result.float_layers)
-        atomic_write_json(self.result.to_dict(), out / "search.json")
-        plot = plot_sensitivity(self.result, out / "sensitivity.png", self.config.threshold, self.monitor)
-        Console().print(layer_table(self.result, self.monitor))
-        logger = trainer.logger
-        if logger is not None and hasattr(logger, "log_table") and hasattr(logger, "log_image"):
-            columns, rows = layer_rows(self.result)
-            logger.log_table(key="layerwise_search", columns=columns, data=rows)
-            logger.log_image(key="sensitivity", images=[str(plot)])
+        out = self.output_dir or Path(trainer.default_root_dir) / "layerwise_search"
+        write_search_report(self.result, model, out, self.config.threshold, self.monitor, trainer.logger)

@@ -3,23 +3,17 @@ choosing the calibration and validation sets from the pool, running the search o
 calibrated model, and writing its report next to the job's results."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from torch.utils.data import Dataset, Subset
 
-from ..io import atomic_write_json
 from ..quant.config import ConfigError
 from .balanced import balanced_split, random_split
 from .layerwise import SearchConfig, SearchResult, search_layers
-from .params import save_layer_params
-from .report import layer_rows, layer_table, plot_sensitivity
-
-log = logging.getLogger(__name__)
+from .report import write_search_report
 
 SELECTIONS = ("balanced", "random")
 SELECTION_KEYS = ("selection", "calib_per_class", "val_per_class", "seed")
@@ -66,18 +60,10 @@ def subset_batches(dataset: Dataset, indices: list[int], batch_size: int, collat
 
 def run_search(cfg: DictConfig, run_dir: Path, qmodel, calib_batches: list, evaluator, metric: str,
                mode: str = "max", logger=None) -> SearchResult:
-    """Search ``qmodel`` in place; write ``layer_params.json``, ``search.json`` and
-    ``sensitivity.png`` to ``run_dir``; print the per-layer table and log it to W&B."""
+    """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`)."""
     config = search_config(cfg.search, mode)
     result = search_layers(qmodel, calib_batches, evaluator, config, progress=cfg.trainer.enable_progress_bar)
-    save_layer_params(qmodel, run_dir / "layer_params.json", result.float_layers)
-    atomic_write_json(result.to_dict(), run_dir / "search.json")
-    plot = plot_sensitivity(result, run_dir / "sensitivity.png", config.threshold, metric)
-    Console().print(layer_table(result, f"validation {metric}"))
-    if logger is not None:
-        columns, rows = layer_rows(result)
-        logger.log_table(key="layerwise_search", columns=columns, data=rows)
-        logger.log_image(key="sensitivity", images=[str(plot)])
+    write_search_report(result, qmodel, run_dir, config.threshold, f"validation {metric}", logger)
     return result
 
 
@@ -86,7 +72,8 @@ def search_results(result: SearchResult, test_fp: float, test_before: float, tes
     the average bits."""
     return {
         "search.val_fp": result.fp_metric, "search.val_start": result.start_metric,
-        "search.val_final": result.final_metric, "search.test_fp": test_fp, "search.test_start": test_before, "search.test_final": test_after,
+        "search.val_final": result.final_metric, "search.test_fp": test_fp, "search.test_start": test_before,
+        "search.test_final": test_after,
         "search.reached": result.reached, "search.evaluations": sum(result.evaluations.values()),
         "search.minutes": sum(result.seconds.values()) / 60, "search.targets": sum(r.target for r in result.layers),
         "search.float_layers": len(result.float_layers), **{f"search.{k}": v for k, v in result.average_bits().items()},

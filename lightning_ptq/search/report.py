@@ -8,9 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from ..io import atomic_write_json  # noqa: E402
 from .layerwise import SearchResult  # noqa: E402
+from .params import save_layer_params  # noqa: E402
 
 COLUMNS = ["layer", "sensitivity", "target", "first", "chosen", "w_bits", "a_bits", "metric_after", "tries"]
 
@@ -80,3 +83,18 @@ def search_summary_table(results: dict, metric: str) -> Table:
                             ("searched", results["search.val_final"], results["search.test_final"])):
         table.add_row(name, f"{val:.4f}", f"{test:.4f}")
     return table
+
+
+def write_search_report(result: SearchResult, model, out_dir: str | Path, threshold: float, metric: str,
+                        logger=None) -> None:
+    """Write ``layer_params.json``, ``search.json`` and ``sensitivity.png`` to ``out_dir``, print
+    the per-layer table and, with a logger that has ``log_table`` / ``log_image`` (W&B), log both."""
+    out_dir = Path(out_dir)
+    save_layer_params(model, out_dir / "layer_params.json", result.float_layers)
+    atomic_write_json(result.to_dict(), out_dir / "search.json")
+    plot = plot_sensitivity(result, out_dir / "sensitivity.png", threshold, metric)
+    Console().print(layer_table(result, metric))
+    if logger is not None and hasattr(logger, "log_table") and hasattr(logger, "log_image"):
+        columns, rows = layer_rows(result)
+        logger.log_table(key="layerwise_search", columns=columns, data=rows)
+        logger.log_image(key="sensitivity", images=[str(plot)])
