@@ -32,6 +32,8 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
     if calib.lr <= 0:
         raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
+    if calib.weight_lr < 0:
+        raise ConfigError(f"calib.weight_lr={calib.weight_lr!r} must be >= 0 (0: weights stay fixed).")
     if not 0.0 <= calib.drop_prob < 1.0:
         raise ConfigError(f"calib.drop_prob={calib.drop_prob!r} must lie in [0, 1).")
     recon = calib.recon
@@ -97,6 +99,7 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
         fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
         num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
         recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
+        weight_lr=calib.weight_lr,
         trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
                             accelerator=trainer.accelerator, devices=trainer.devices),
     )

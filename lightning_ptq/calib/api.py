@@ -27,6 +27,7 @@ def calibrate(
     trainer_kwargs: dict | None = None,
     recon: dict | None = None,
     drop_prob: float = 0.0,
+    weight_lr: float = 0.0,
 ) -> nn.Module:
     """Calibrate ``qmodel`` (from :func:`lightning_ptq.quantize`) against ``fp_model``.
 
@@ -37,7 +38,8 @@ def calibrate(
     3. learning (``steps > 0``): scales and zero points are fine-tuned for ``steps`` optimiser
        steps with a distillation ``loss`` (default: output MSE), cycling over ``batches``;
        with ``drop_prob > 0`` each activation quantizer is bypassed element-wise with that
-       probability while learning (QDrop), which flattens the solution.
+       probability while learning (QDrop), which flattens the solution; with ``weight_lr > 0``
+       the quantized layers' weights and biases learn as well, at that learning rate.
 
     ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
     ``(images, targets)`` tuples). With ``checkpoint_dir``, the learning stage saves
@@ -60,7 +62,7 @@ def calibrate(
     if steps <= 0:
         return qmodel
     module = CalibrationModule(fp_model, qmodel, loss=loss, lr=lr, max_steps=steps, forward_fn=forward_fn,
-                               failure_dir=checkpoint_dir)
+                               failure_dir=checkpoint_dir, weight_lr=weight_lr)
     callbacks = []
     if checkpoint_dir:
         callbacks.append(resume_checkpoint(checkpoint_dir, every_n_train_steps=max(steps // 10, 1)))

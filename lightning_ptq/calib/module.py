@@ -11,6 +11,7 @@ from torch import nn
 
 from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
+from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
 from .batches import batch_inputs
 from .losses import OutputMSE
@@ -27,7 +28,8 @@ class CalibrationModule(L.LightningModule):
     """Learn the quantization parameters of ``student`` by distilling ``teacher``.
 
     Both models stay in eval mode (BN statistics and dropout frozen) even while Lightning trains;
-    the teacher and the student's weights never change, only scales and zero points do.
+    the teacher never changes. The student's quantizer parameters (scales, zero points, log-affine
+    parameters) learn; its weights and biases stay as they are unless ``weight_lr > 0``.
 
     Args:
         teacher: the float model.
@@ -35,6 +37,8 @@ class CalibrationModule(L.LightningModule):
         loss: ``(student_out, teacher_out) -> (loss, parts)``; default :class:`OutputMSE`.
         lr: Adam learning rate for scales and zero points; cosine-decayed over ``max_steps``.
         max_steps: length of the schedule (the Trainer's ``max_steps``).
+        weight_lr: > 0: the quantized layers' weights and biases learn too, at this (cosine-decayed)
+            Adam learning rate (AdaQuant-style weight tuning under the same loss); 0: they stay.
         forward_fn: how to run a model on a batch (default: the input tensor of the batch).
         failure_dir: where the student's last good state is written if the loss turns NaN / inf.
     """
@@ -48,19 +52,24 @@ class CalibrationModule(L.LightningModule):
         max_steps: int = 200,
         forward_fn: ForwardFn = default_forward,
         failure_dir: str | Path | None = None,
+        weight_lr: float = 0.0,
     ) -> None:
         super().__init__()
         if lr <= 0 or max_steps < 1:
             raise ValueError(f"lr={lr!r} must be > 0 and max_steps={max_steps!r} >= 1.")
+        if weight_lr < 0:
+            raise ValueError(f"weight_lr={weight_lr!r} must be >= 0 (0: weights stay fixed).")
         self.teacher, self.student = teacher, student
         self.loss = loss or OutputMSE()
-        self.lr, self.max_steps, self.forward_fn = lr, max_steps, forward_fn
+        self.lr, self.max_steps, self.forward_fn, self.weight_lr = lr, max_steps, forward_fn, weight_lr
         self.failure_dir = Path(failure_dir) if failure_dir else None
         self.teacher.requires_grad_(False)
         for p in self.student.parameters():
             p.requires_grad_(False)
         for q in quantizers(self.student).values():
             q.enable_param_learning(True)
+        for p in self._layer_parameters():
+            p.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -99,11 +108,21 @@ class CalibrationModule(L.LightningModule):
         return (f"calibration loss is {loss.item()} at step {self.global_step} ({where}); {kept}. "
                 f"Lower calib.lr or check the calibration images.")
 
+    def _layer_parameters(self) -> list[nn.Parameter]:
+        """Weights and biases of the student's quantized layers when they learn (``weight_lr > 0``)."""
+        if self.weight_lr == 0:
+            return []
+        layers = [m for m in self.student.modules() if isinstance(m, QuantLayerMixin)]
+        return [p for m in layers for p in (m.weight, m.bias) if p is not None]
+
     def configure_optimizers(self):
         params = quantizer_parameters(self.student)
         if not params:
             raise ValueError("the student has no learnable quantizer parameter (QuantConfig.learnable=False?).")
-        opt = torch.optim.Adam(params, lr=self.lr)
+        groups = [{"params": params, "lr": self.lr}]
+        if self.weight_lr > 0:
+            groups.append({"params": self._layer_parameters(), "lr": self.weight_lr})
+        opt = torch.optim.Adam(groups)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine_schedule(opt, self.max_steps), "interval": "step"}}
 
 

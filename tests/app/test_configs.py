@@ -71,6 +71,7 @@ def test_bad_quant_values(override, message):
         ("calib.steps=-1", r"calib.steps=-1 must be an integer >= 0"),
         ("calib.lr=0", r"calib.lr=0 must be > 0"),
         ("calib.drop_prob=-0.1", r"calib.drop_prob=-0.1 must lie in \[0, 1\)"),
+        ("calib.weight_lr=-0.001", r"calib.weight_lr=-0.001 must be >= 0 \(0: weights stay fixed\)"),
         ("calib.recon.steps=-5", r"calib.recon.steps=-5 must be an integer >= 0"),
         ("calib.recon.drop_prob=1.0", r"calib.recon.drop_prob=1.0 must lie in \[0, 1\)"),
         ("calib.recon.max_layers=0", r"calib.recon.max_layers=0 must be a positive integer"),

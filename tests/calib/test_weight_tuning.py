@@ -1,0 +1,56 @@
+"""``weight_lr``: the quantized layers' weights and biases learn with the quantizer parameters
+(AdaQuant-style), the teacher stays as it is, and with the default 0 the weights never move."""
+import pytest
+import torch
+from torch import nn
+
+from lightning_ptq import QuantConfig, calibrate, quantize
+from lightning_ptq.calib import CalibrationModule
+from lightning_ptq.calib.losses import OutputMSE
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+
+
+def _batches():
+    torch.manual_seed(1)
+    return [torch.rand(4, 3, 12, 12) for _ in range(3)]
+
+
+def _error(fp, qmodel) -> float:
+    with torch.no_grad():
+        return sum(OutputMSE()(qmodel(x), fp(x))[0].item() for x in _batches())
+
+
+def _calibrated(fp, weight_lr: float):
+    qmodel = quantize(fp, QuantConfig(w_bits=3, a_bits=3))
+    calibrate(fp, qmodel, _batches(), steps=60, lr=1e-2, weight_lr=weight_lr,
+              trainer_kwargs={"enable_progress_bar": False})
+    return qmodel
+
+
+def test_weights_stay_fixed_by_default():
+    fp = _model()
+    qmodel = _calibrated(fp, 0.0)
+    for name, a in fp.named_parameters():
+        assert torch.equal(a, qmodel.get_parameter(name)), name
+
+
+def test_weight_tuning_moves_the_student_only_and_lowers_the_error():
+    fp = _model()
+    before = [p.detach().clone() for p in fp.parameters()]
+    fixed = _calibrated(fp, 0.0)
+    tuned = _calibrated(fp, 1e-2)
+    for a, b in zip(before, fp.parameters()):  # the teacher (the user's model) is untouched
+        torch.testing.assert_close(a, b)
+    moved = {name: not torch.equal(a, tuned.get_parameter(name)) for name, a in fp.named_parameters()}
+    assert all(moved.values()), moved  # both convs' weights and biases learned
+    assert _error(fp, tuned) < 0.8 * _error(fp, fixed)
+
+
+def test_negative_weight_lr_is_refused():
+    fp = _model()
+    with pytest.raises(ValueError, match=r"weight_lr=-0.1 must be >= 0"):
+        CalibrationModule(fp, quantize(fp, QuantConfig()), weight_lr=-0.1)
