@@ -19,16 +19,17 @@ def _batches():
     return [torch.rand(4, 3, 12, 12) for _ in range(3)]
 
 
-def _calibrate(model, checkpoint_dir):
+def _calibrate(model, checkpoint_dir, weight_lr=0.0):
     qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
-    calibrate(model, qmodel, _batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir,
+    calibrate(model, qmodel, _batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir, weight_lr=weight_lr,
               trainer_kwargs={"enable_progress_bar": False})
-    return [p.detach().clone() for p in quantizer_parameters(qmodel)]
+    return [p.detach().clone() for p in [*quantizer_parameters(qmodel), *qmodel.parameters()]]
 
 
-def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_lr", [0.0, 1e-2])  # quantizer parameters only; weights learning too
+def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatch, weight_lr):
     model = _model()
-    reference = _calibrate(model, tmp_path / "straight")
+    reference = _calibrate(model, tmp_path / "straight", weight_lr)
 
     original = CalibrationModule.training_step
 
@@ -39,11 +40,11 @@ def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatc
 
     monkeypatch.setattr(CalibrationModule, "training_step", crash_at_step_6)
     with pytest.raises(RuntimeError, match="power cut"):
-        _calibrate(model, tmp_path / "cut")
+        _calibrate(model, tmp_path / "cut", weight_lr)
     saved = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=False)  # our own file, written by Lightning
     assert saved["global_step"] == 6  # written after every step (steps // 10), not only at the end
 
     monkeypatch.setattr(CalibrationModule, "training_step", original)
-    resumed = _calibrate(model, tmp_path / "cut")
+    resumed = _calibrate(model, tmp_path / "cut", weight_lr)
     for a, b in zip(resumed, reference):
         torch.testing.assert_close(a, b)
