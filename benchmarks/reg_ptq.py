@@ -45,6 +45,7 @@ PAPER_SETTING = {
              {"pattern": "head.classification_head.cls_logits", "float_": True},
              {"pattern": "head.regression_head.bbox_*", "float_": True}],
 }
+WEIGHT_LR = "weight_lr"  # placeholder in METHODS, replaced by --weight-lr
 # key -> (label, quant overrides, calib overrides); "steps": 0 means ranges only. FGL settings
 # default to conf/calib/distill.yaml (the paper's filter).
 METHODS = {
@@ -59,6 +60,11 @@ METHODS = {
     "laq": ("LAQ without filter", LAQ_HEAD, {"loss": "output_mse"}),
     "laq_fgl": ("LAQ + FGL (ours)", LAQ_HEAD, {"loss": "fgl"}),
     "laq_fgl_union": ("LAQ + FGL, patent filter", LAQ_HEAD, {"loss": "fgl", "fgl": PATENT_FILTER}),
+    # with weight tuning (AdaQuant-style: weights and biases learn too, at --weight-lr)
+    "lsq_w": ("learned scales + weights, output MSE", {}, {"loss": "output_mse", "weight_lr": WEIGHT_LR}),
+    "fgl_w": ("FGL + weights, without LAQ", {}, {"loss": "fgl", "weight_lr": WEIGHT_LR}),
+    "laq_w": ("LAQ + weights, without filter", LAQ_HEAD, {"loss": "output_mse", "weight_lr": WEIGHT_LR}),
+    "laq_fgl_w": ("LAQ + FGL + weights (ours)", LAQ_HEAD, {"loss": "fgl", "weight_lr": WEIGHT_LR}),
     # variants tried on seed 0 (see the README)
     "laq_fgl_joint": ("LAQ + FGL + dense term", LAQ_HEAD, {"loss": "fgl", "fgl": {"lambda_local": 1.0}}),
     "laq_fgl_qdrop": ("LAQ + FGL + QDrop", LAQ_HEAD, {"loss": "fgl", "drop_prob": 0.5}),
@@ -66,6 +72,11 @@ METHODS = {
     "laq_all": ("LAQ on every layer, output MSE", LAQ_ALL, {"loss": "output_mse"}),
 }
 DEFAULT_METHODS = ["minmax", "percentile", "mse", "lsq", "qdrop", "fgl", "laq", "laq_fgl", "laq_fgl_union"]
+
+
+def with_weight_lr(calib_overrides: dict, weight_lr: float) -> dict:
+    """A method's calib overrides with the ``WEIGHT_LR`` placeholder set to ``weight_lr``."""
+    return {k: weight_lr if v == WEIGHT_LR else v for k, v in calib_overrides.items()}
 
 
 class PeakRSS:
@@ -116,10 +127,11 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], fp: dict, setting: str) -> str:
+def markdown(rows: list[dict], fp: dict, setting: str, split: str = "test") -> str:
     where = {"full": "every layer at the given bits, detection head included",
              "paper": "first layer 8-bit, last prediction layers float (the published paper's setting)"}[setting]
-    lines = [f"FP32: mAP {fp['map']:.4f}, mAP50 {fp['map50']:.4f}, mAP75 {fp['map75']:.4f}. Quantized: {where}.", "",
+    lines = [f"Measured on the {split} split. FP32: mAP {fp['map']:.4f}, mAP50 {fp['map50']:.4f}, "
+             f"mAP75 {fp['map75']:.4f}. Quantized: {where}.", "",
              "| bits | method | mAP | mAP50 | mAP75 | retention | calib s | peak RSS MiB | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -153,6 +165,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--setting", choices=["full", "paper"], default="full",
                         help="full: every layer at the given bits; paper: first layer 8-bit, last layers float")
+    parser.add_argument("--weight-lr", type=float, default=1e-3,
+                        help="learning rate of the weights and biases in the *_w methods (weight tuning)")
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="where mAP is measured (choose settings on val, report on test)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. -- calib.steps=400")
     args = parser.parse_args()
     cfg = compose_config(["logger=none", *args.overrides])
@@ -162,7 +178,8 @@ def main() -> None:
 
     datamodule, fp_model = load_data_and_model(cfg)
     layer_overrides = OmegaConf.to_container(cfg.quant.overrides) + (PAPER_SETTING[cfg.model.name] if args.setting == "paper" else [])
-    fp = evaluate_detections(fp_model, datamodule.test_dataloader(), **eval_kwargs(cfg))
+    eval_loader = datamodule.test_dataloader if args.split == "test" else datamodule.val_dataloader
+    fp = evaluate_detections(fp_model, eval_loader(), **eval_kwargs(cfg))
     runs = []
     for seed in args.seeds:
         batches = seeded_batches(datamodule, cfg.calib.num_images, cfg.calib.batch_size, seed)
@@ -173,21 +190,23 @@ def main() -> None:
                 L.seed_everything(seed, verbose=False)
                 qcfg = QuantConfig.from_dict({**OmegaConf.to_container(cfg.quant), **quant_overrides,
                                               "w_bits": w_bits, "a_bits": a_bits, "overrides": layer_overrides})
-                calib = OmegaConf.merge(cfg.calib, calib_overrides)
+                calib = OmegaConf.merge(cfg.calib, with_weight_lr(calib_overrides, args.weight_lr))
                 with PeakRSS() as mem:
                     qmodel, seconds = quantize_and_calibrate(fp_model, qcfg, batches, calib, cfg.trainer)
-                m = evaluate_detections(qmodel, datamodule.test_dataloader(), **eval_kwargs(cfg))
+                m = evaluate_detections(qmodel, eval_loader(), **eval_kwargs(cfg))
                 runs.append({"bits": f"W{w_bits}A{a_bits}", "method": label, "setting": args.setting, "seed": seed,
+                             "weight_lr": float(calib.weight_lr),
                              **{k: float(v) for k, v in m.items()}, "retention": float(m["map"] / fp["map"]) if fp["map"] > 0 else 0.0,
                              "calib_seconds": seconds, "peak_rss_mib": mem.peak, "peak_gpu_mib": mem.gpu_peak})
                 Console().print(f"seed {seed} {runs[-1]['bits']} {label}: mAP {m['map']:.4f} "
                                 f"({runs[-1]['retention']:.1%} of FP), {seconds:.0f} s")
 
     rows = summarise(runs)
-    atomic_write_json({"fp": {k: float(v) for k, v in fp.items()}, "setting": args.setting, "summary": rows, "runs": runs,
+    atomic_write_json({"fp": {k: float(v) for k, v in fp.items()}, "setting": args.setting, "split": args.split,
+                       "weight_lr": args.weight_lr, "summary": rows, "runs": runs,
                        "config": OmegaConf.to_container(cfg, resolve=True), "finished": time.time()},
                       out.with_suffix(".json"))
-    table = markdown(rows, fp, args.setting)
+    table = markdown(rows, fp, args.setting, args.split)
     out.with_suffix(".md").write_text(table)
     plot(rows, out.with_suffix(".png"))
     print(table)

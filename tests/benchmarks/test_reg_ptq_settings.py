@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.reg_ptq import DEFAULT_METHODS, METHODS, PAPER_SETTING
+from benchmarks.reg_ptq import DEFAULT_METHODS, METHODS, PAPER_SETTING, with_weight_lr
 from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.models import FCOSNet, YOLO
@@ -32,6 +32,7 @@ def test_every_method_is_a_valid_configuration():
     base = compose_config([]).calib
     for name, (label, quant, calib) in METHODS.items():
         QuantConfig.from_dict({**quant, "w_bits": 4, "a_bits": 4})
-        merged = OmegaConf.merge(base, calib)  # unknown keys would fail here (struct config)
+        merged = OmegaConf.merge(base, with_weight_lr(calib, 1e-3))  # unknown keys would fail here (struct config)
         check_calib_config(merged)
+        assert merged.weight_lr == (1e-3 if name.endswith("_w") else 0.0), name
         assert label, name
