@@ -6,6 +6,7 @@ same calibration images in the same order; learned methods get the same step bud
     python benchmarks/reg_ptq.py                                   # all methods, W8A8/W4A8/W4A4, seeds 0 1 2
     python benchmarks/reg_ptq.py --bits 4,4 --seeds 0 --methods percentile laq_fgl
     python benchmarks/reg_ptq.py --seeds 0 -- calib.steps=400      # Hydra overrides of the main job after --
+    python benchmarks/reg_ptq.py --combine a.json b.json --out c   # merge runs made side by side
 
 Writes JSON (every run and the mean / spread per method and bit width), a markdown table and a
 plot of W4A4 retention to ``--out`` (a folder).
@@ -13,6 +14,7 @@ plot of W4A4 retention to ``--out`` (a folder).
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from pathlib import Path
@@ -153,7 +155,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{bits}: mean ± std over seeds")
         ax.invert_yaxis()
         fig.tight_layout()
-        fig.savefig(path.with_name(f"{path.stem}_{bits}.png"), dpi=110)
+        fig.savefig(path.with_name(f"{path.name.removesuffix('.png')}_{bits}.png"), dpi=110)
         plt.close(fig)
 
 
@@ -165,14 +167,26 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--setting", choices=["full", "paper"], default="full",
                         help="full: every layer at the given bits; paper: first layer 8-bit, last layers float")
-    parser.add_argument("--weight-lr", type=float, default=1e-3,
-                        help="learning rate of the weights and biases in the *_w methods (weight tuning)")
+    parser.add_argument("--weight-lr", type=float, default=0.05,
+                        help="learning rate of the weights and biases in the *_w methods, in weight grid steps (weight tuning)")
     parser.add_argument("--split", default="test", choices=["test", "val"],
                         help="where mAP is measured (choose settings on val, report on test)")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="merge the runs of earlier outputs (processes run side by side) into --out; runs nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. -- calib.steps=400")
     args = parser.parse_args()
-    cfg = compose_config(["logger=none", *args.overrides])
     out = Path(args.out)
+    if args.combine:
+        docs = [json.loads(path.read_text()) for path in args.combine]
+        runs = [run for doc in docs for run in doc["runs"]]
+        if len({run["weight_lr"] for run in runs if run["weight_lr"] > 0}) > 1:  # a learning-rate sweep
+            runs = [{**run, "method": f"{run['method']}, weight_lr {run['weight_lr']:g}"} if run["weight_lr"] > 0
+                    else run for run in runs]
+        first = docs[0]
+        write_outputs(out, first["fp"], first["setting"], first["split"], runs, first["config"],
+                      sources=[str(path) for path in args.combine])
+        return
+    cfg = compose_config(["logger=none", *args.overrides])
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
@@ -201,14 +215,20 @@ def main() -> None:
                 Console().print(f"seed {seed} {runs[-1]['bits']} {label}: mAP {m['map']:.4f} "
                                 f"({runs[-1]['retention']:.1%} of FP), {seconds:.0f} s")
 
+    write_outputs(out, {k: float(v) for k, v in fp.items()}, args.setting, args.split, runs,
+                  OmegaConf.to_container(cfg, resolve=True))
+
+
+def write_outputs(out: Path, fp: dict, setting: str, split: str, runs: list[dict], config: dict, **extra) -> None:
+    """``out``.json (every run, mean and spread per method and bit width), .md (the table) and one
+    retention plot per bit width."""
     rows = summarise(runs)
-    atomic_write_json({"fp": {k: float(v) for k, v in fp.items()}, "setting": args.setting, "split": args.split,
-                       "weight_lr": args.weight_lr, "summary": rows, "runs": runs,
-                       "config": OmegaConf.to_container(cfg, resolve=True), "finished": time.time()},
-                      out.with_suffix(".json"))
-    table = markdown(rows, fp, args.setting, args.split)
-    out.with_suffix(".md").write_text(table)
-    plot(rows, out.with_suffix(".png"))
+    named = lambda suffix: out.with_name(out.name + suffix)  # noqa: E731  (not with_suffix: out may hold a dot, 'w0.05')
+    atomic_write_json({"fp": fp, "setting": setting, "split": split, "summary": rows, "runs": runs, "config": config,
+                       "finished": time.time(), **extra}, named(".json"))
+    table = markdown(rows, fp, setting, split)
+    named(".md").write_text(table)
+    plot(rows, named(".png"))
     print(table)
 
 

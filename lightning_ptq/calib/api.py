@@ -39,7 +39,8 @@ def calibrate(
        steps with a distillation ``loss`` (default: output MSE), cycling over ``batches``;
        with ``drop_prob > 0`` each activation quantizer is bypassed element-wise with that
        probability while learning (QDrop), which flattens the solution; with ``weight_lr > 0``
-       the quantized layers' weights and biases learn as well, at that learning rate.
+       the quantized layers' weights and biases learn as well, at that many steps of their weight
+       grid per update (see :class:`CalibrationModule`).
 
     ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
     ``(images, targets)`` tuples). With ``checkpoint_dir``, the learning stage saves

@@ -37,8 +37,10 @@ class CalibrationModule(L.LightningModule):
         loss: ``(student_out, teacher_out) -> (loss, parts)``; default :class:`OutputMSE`.
         lr: Adam learning rate for scales and zero points; cosine-decayed over ``max_steps``.
         max_steps: length of the schedule (the Trainer's ``max_steps``).
-        weight_lr: > 0: the quantized layers' weights and biases learn too, at this (cosine-decayed)
-            Adam learning rate (AdaQuant-style weight tuning under the same loss); 0: they stay.
+        weight_lr: > 0: the quantized layers' weights and biases learn too (AdaQuant-style weight
+            tuning under the same loss), with a cosine-decayed Adam learning rate of ``weight_lr``
+            weight quantization steps of their layer (:func:`weight_step`), so that one value
+            suits every bit width; 0: they stay.
         forward_fn: how to run a model on a batch (default: the input tensor of the batch).
         failure_dir: where the student's last good state is written if the loss turns NaN / inf.
     """
@@ -68,8 +70,9 @@ class CalibrationModule(L.LightningModule):
             p.requires_grad_(False)
         for q in quantizers(self.student).values():
             q.enable_param_learning(True)
-        for p in self._layer_parameters():
-            p.requires_grad_(True)
+        for group in self._weight_groups():
+            for p in group["params"]:
+                p.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -108,22 +111,30 @@ class CalibrationModule(L.LightningModule):
         return (f"calibration loss is {loss.item()} at step {self.global_step} ({where}); {kept}. "
                 f"Lower calib.lr or check the calibration images.")
 
-    def _layer_parameters(self) -> list[nn.Parameter]:
-        """Weights and biases of the student's quantized layers when they learn (``weight_lr > 0``)."""
+    def _weight_groups(self) -> list[dict]:
+        """One Adam parameter group per quantized layer of the student (weight and bias), its
+        learning rate ``weight_lr`` steps of that layer's weight grid; none when ``weight_lr`` is 0."""
         if self.weight_lr == 0:
             return []
         layers = [m for m in self.student.modules() if isinstance(m, QuantLayerMixin)]
-        return [p for m in layers for p in (m.weight, m.bias) if p is not None]
+        return [{"params": [p for p in (m.weight, m.bias) if p is not None], "lr": self.weight_lr * weight_step(m)}
+                for m in layers]
 
     def configure_optimizers(self):
         params = quantizer_parameters(self.student)
         if not params:
             raise ValueError("the student has no learnable quantizer parameter (QuantConfig.learnable=False?).")
-        groups = [{"params": params, "lr": self.lr}]
-        if self.weight_lr > 0:
-            groups.append({"params": self._layer_parameters(), "lr": self.weight_lr})
-        opt = torch.optim.Adam(groups)
+        opt = torch.optim.Adam([{"params": params, "lr": self.lr}, *self._weight_groups()])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine_schedule(opt, self.max_steps), "interval": "step"}}
+
+
+@torch.no_grad()
+def weight_step(layer: QuantLayerMixin) -> float:
+    """The size of one step of ``layer``'s weight grid at its bit width: the mean over output
+    channels of ``max|w| / (2^(bits-1) - 1)`` (a 4-bit grid's step is 18 times an 8-bit one's)."""
+    w = layer.weight.detach()
+    levels = (1 << (layer.weight_quant.bits - 1)) - 1
+    return (w.abs().flatten(1).amax(1) / levels).mean().item()
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:

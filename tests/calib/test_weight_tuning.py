@@ -6,6 +6,7 @@ from torch import nn
 
 from lightning_ptq import QuantConfig, calibrate, quantize
 from lightning_ptq.calib import CalibrationModule
+from lightning_ptq.calib.module import weight_step
 from lightning_ptq.calib.losses import OutputMSE
 
 
@@ -42,7 +43,7 @@ def test_weight_tuning_moves_the_student_only_and_lowers_the_error():
     fp = _model()
     before = [p.detach().clone() for p in fp.parameters()]
     fixed = _calibrated(fp, 0.0)
-    tuned = _calibrated(fp, 1e-2)
+    tuned = _calibrated(fp, 0.1)
     for a, b in zip(before, fp.parameters()):  # the teacher (the user's model) is untouched
         torch.testing.assert_close(a, b)
     moved = {name: not torch.equal(a, tuned.get_parameter(name)) for name, a in fp.named_parameters()}
@@ -54,3 +55,22 @@ def test_negative_weight_lr_is_refused():
     fp = _model()
     with pytest.raises(ValueError, match=r"weight_lr=-0.1 must be >= 0"):
         CalibrationModule(fp, quantize(fp, QuantConfig()), weight_lr=-0.1)
+
+
+def test_weight_step_is_the_mean_channel_step_of_the_layer_grid():
+    conv = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.7, -1.4]).view(2, 1, 1, 1))
+    q4 = quantize(nn.Sequential(conv), QuantConfig(w_bits=4, a_bits=8))[0]
+    q8 = quantize(nn.Sequential(conv), QuantConfig(w_bits=8, a_bits=8))[0]
+    assert weight_step(q4) == pytest.approx((0.7 / 7 + 1.4 / 7) / 2)
+    assert weight_step(q8) == pytest.approx((0.7 / 127 + 1.4 / 127) / 2)
+
+
+def test_each_layer_learns_at_its_own_step_size():
+    fp = _model()
+    qmodel = quantize(fp, QuantConfig(w_bits=4, a_bits=4))
+    module = CalibrationModule(fp, qmodel, weight_lr=0.1)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups[1:]] == pytest.approx([0.1 * weight_step(qmodel[0]), 0.1 * weight_step(qmodel[2])])
+    assert [len(g["params"]) for g in groups[1:]] == [2, 2]  # weight and bias of each conv
