@@ -36,3 +36,32 @@ def test_every_method_is_a_valid_configuration():
         check_calib_config(merged)
         assert merged.weight_lr == (1e-3 if name.endswith("_w") else 0.0), name
         assert label, name
+
+
+def _doc(weight_lr: float, maps: list[float]) -> dict:
+    runs = [{"bits": "W4A4", "method": "ours", "setting": "full", "seed": seed, "weight_lr": weight_lr, "map": m,
+             "map50": m, "map75": m, "retention": m / 0.5, "calib_seconds": 1.0, "peak_rss_mib": 1.0}
+            for seed, m in enumerate(maps)]
+    return {"fp": {"map": 0.5, "map50": 0.7, "map75": 0.6}, "setting": "full", "split": "val", "runs": runs,
+            "config": {}}
+
+
+def test_combine_merges_runs_and_labels_a_learning_rate_sweep(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import reg_ptq
+
+    paths = []
+    for i, (lr, maps) in enumerate([(0.05, [0.40, 0.42]), (0.1, [0.30])]):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(_doc(lr, maps)))
+    out = tmp_path / "all_w0.05"  # a dot in the name must not be taken for a suffix
+    monkeypatch.setattr(sys, "argv", ["reg_ptq.py", "--combine", *map(str, paths), "--out", str(out)])
+    reg_ptq.main()
+    summary = {r["method"]: r for r in json.loads((tmp_path / "all_w0.05.json").read_text())["summary"]}
+    assert summary["ours, weight_lr 0.05"]["map"] == pytest.approx(0.41)
+    assert summary["ours, weight_lr 0.05"]["seeds"] == 2
+    assert summary["ours, weight_lr 0.1"]["map"] == pytest.approx(0.30)
+    assert "Measured on the val split" in (tmp_path / "all_w0.05.md").read_text()
+    assert (tmp_path / "all_w0.05_W4A4.png").is_file()
