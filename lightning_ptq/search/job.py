@@ -3,6 +3,7 @@ choosing the calibration and validation sets from the pool, running the search o
 calibrated model, and writing its report next to the job's results."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -14,6 +15,8 @@ from ..quant.config import ConfigError
 from .balanced import balanced_split, random_split
 from .layerwise import SearchConfig, SearchResult, search_layers
 from .report import write_search_report
+
+log = logging.getLogger(__name__)
 
 SELECTIONS = ("balanced", "random")
 SELECTION_KEYS = ("selection", "calib_per_class", "val_per_class", "seed")
@@ -62,6 +65,10 @@ def run_search(cfg: DictConfig, run_dir: Path, qmodel, calib_batches: list, eval
                mode: str = "max", logger=None) -> SearchResult:
     """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`)."""
     config = search_config(cfg.search, mode)
+    if cfg.calib.get("weight_lr", 0) > 0:
+        log.warning("calib.weight_lr=%s tuned the weights, but layer_params.json holds bits and ranges only: "
+                    "calib.layer_params=<file> would put the searched ranges on the original weights. Reload "
+                    "this model from quantized_state_dict.pt, or search with calib.weight_lr=0.", cfg.calib.weight_lr)
     result = search_layers(qmodel, calib_batches, evaluator, config, progress=cfg.trainer.enable_progress_bar)
     write_search_report(result, qmodel, run_dir, config.threshold, f"validation {metric}", logger)
     return result

@@ -49,3 +49,16 @@ def test_bad_search_settings_fail_before_any_work(cache_dir, tmp_path):
     with pytest.raises(ConfigError, match="search.selection='stratified' is not allowed"):
         run(search_cfg(cache_dir, "search.selection=stratified"), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_search_after_weight_tuning_warns_that_layer_params_hold_no_weights(tmp_path, monkeypatch, caplog):
+    from lightning_ptq.search import job
+
+    monkeypatch.setattr(job, "search_layers", lambda *args, **kwargs: None)
+    monkeypatch.setattr(job, "write_search_report", lambda *args, **kwargs: None)
+    for weight_lr, warned in ((0.0, False), (0.05, True)):
+        caplog.clear()
+        cfg = compose_config(["+recipe=yolo_w4a4_search", f"calib.weight_lr={weight_lr}"])
+        job.run_search(cfg, tmp_path, qmodel=None, calib_batches=[], evaluator=None, metric="map")
+        assert ("layer_params.json holds bits and ranges only" in caplog.text) == warned
+        assert ("quantized_state_dict.pt" in caplog.text) == warned
