@@ -102,8 +102,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.combine:
         parts = [json.loads((Path(folder) / "keypoints.json").read_text()) for folder in args.combine]
-        runs = [r for p in parts for r in p["runs"]]
-        write(out, runs, {folder: p["overrides"] for folder, p in zip(args.combine, parts)}, Console())
+        write(out, unique_runs([r for p in parts for r in p["runs"]]),
+              {folder: p["overrides"] for folder, p in zip(args.combine, parts)}, Console())
         return
     console = Console()
     runs = []
@@ -125,6 +125,15 @@ def main() -> None:
                 atomic_write_json({"runs": runs, "summary": summarise(runs), "overrides": args.overrides},
                                   out / "keypoints.json")  # progress so far
     write(out, runs, args.overrides, console)
+
+
+def unique_runs(runs: list[dict]) -> list[dict]:
+    """``runs`` with each (grid, variant, beta, precision, seed) kept once, the first seen: a second
+    invocation for other bit widths evaluates the same cached FP32 model again."""
+    seen: dict[tuple, dict] = {}
+    for r in runs:
+        seen.setdefault((r["grid"], r["variant"], r["beta"], r["precision"], r["seed"]), r)
+    return list(seen.values())
 
 
 def write(out: Path, runs: list[dict], overrides, console: Console) -> None:

@@ -141,7 +141,8 @@ def summarise_classifier(runs: list[dict]) -> list[dict]:
 
 def detector_runs(overrides: list[str], out: Path) -> dict:
     common = ["logger=none", "trainer.enable_progress_bar=false", *overrides]
-    plain = run(compose_config(["+recipe=yolo_w4a4", *common]), out.with_name(out.name + "_yolo_plain"))
+    # the same calibration as the search recipe's (no weight tuning), on the first calib images
+    plain = run(compose_config(["+recipe=yolo_w4a4", "calib.weight_lr=0", *common]), out.with_name(out.name + "_yolo_plain"))
     start = time.perf_counter()
     searched = run(compose_config(["+recipe=yolo_w4a4_search", *common]), out.with_name(out.name + "_yolo_search"))
     searched["job_minutes"] = (time.perf_counter() - start) / 60
