@@ -2,33 +2,24 @@
 does."""
 import pytest
 import torch
-from torch import nn
 
 from lightning_ptq import QuantConfig, calibrate, quantize
 from lightning_ptq.calib import CalibrationModule
 from lightning_ptq.quant import quantizer_parameters
 
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
-
-
-def _batches():
-    torch.manual_seed(1)
-    return [torch.rand(4, 3, 12, 12) for _ in range(3)]
+from tiny import tiny_batches, tiny_net
 
 
 def _calibrate(model, checkpoint_dir, weight_lr=0.0):
     qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
-    calibrate(model, qmodel, _batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir, weight_lr=weight_lr,
+    calibrate(model, qmodel, tiny_batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir, weight_lr=weight_lr,
               trainer_kwargs={"enable_progress_bar": False})
     return [p.detach().clone() for p in [*quantizer_parameters(qmodel), *qmodel.parameters()]]
 
 
 @pytest.mark.parametrize("weight_lr", [0.0, 1e-2])  # quantizer parameters only; weights learning too
 def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatch, weight_lr):
-    model = _model()
+    model = tiny_net()
     reference = _calibrate(model, tmp_path / "straight", weight_lr)
 
     original = CalibrationModule.training_step

@@ -9,38 +9,30 @@ from lightning_ptq.calib import CalibrationModule
 from lightning_ptq.calib.module import weight_step
 from lightning_ptq.calib.losses import OutputMSE
 
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
-
-
-def _batches():
-    torch.manual_seed(1)
-    return [torch.rand(4, 3, 12, 12) for _ in range(3)]
+from tiny import tiny_batches, tiny_net
 
 
 def _error(fp, qmodel) -> float:
     with torch.no_grad():
-        return sum(OutputMSE()(qmodel(x), fp(x))[0].item() for x in _batches())
+        return sum(OutputMSE()(qmodel(x), fp(x))[0].item() for x in tiny_batches())
 
 
 def _calibrated(fp, weight_lr: float):
     qmodel = quantize(fp, QuantConfig(w_bits=3, a_bits=3))
-    calibrate(fp, qmodel, _batches(), steps=60, lr=1e-2, weight_lr=weight_lr,
+    calibrate(fp, qmodel, tiny_batches(), steps=60, lr=1e-2, weight_lr=weight_lr,
               trainer_kwargs={"enable_progress_bar": False})
     return qmodel
 
 
 def test_weights_stay_fixed_by_default():
-    fp = _model()
+    fp = tiny_net()
     qmodel = _calibrated(fp, 0.0)
     for name, a in fp.named_parameters():
         assert torch.equal(a, qmodel.get_parameter(name)), name
 
 
 def test_weight_tuning_moves_the_student_only_and_lowers_the_error():
-    fp = _model()
+    fp = tiny_net()
     before = [p.detach().clone() for p in fp.parameters()]
     fixed = _calibrated(fp, 0.0)
     tuned = _calibrated(fp, 0.1)
@@ -52,7 +44,7 @@ def test_weight_tuning_moves_the_student_only_and_lowers_the_error():
 
 
 def test_negative_weight_lr_is_refused():
-    fp = _model()
+    fp = tiny_net()
     with pytest.raises(ValueError, match=r"weight_lr=-0.1 must be >= 0"):
         CalibrationModule(fp, quantize(fp, QuantConfig()), weight_lr=-0.1)
 
@@ -68,7 +60,7 @@ def test_weight_step_is_the_mean_channel_step_of_the_layer_grid():
 
 
 def test_each_layer_learns_at_its_own_step_size():
-    fp = _model()
+    fp = tiny_net()
     qmodel = quantize(fp, QuantConfig(w_bits=4, a_bits=4))
     module = CalibrationModule(fp, qmodel, weight_lr=0.1)
     groups = module.configure_optimizers()["optimizer"].param_groups
