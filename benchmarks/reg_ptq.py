@@ -9,7 +9,7 @@ same calibration images in the same order; learned methods get the same step bud
     python benchmarks/reg_ptq.py --combine a.json b.json --out c   # merge runs made side by side
 
 Writes JSON (every run and the mean / spread per method and bit width), a markdown table and a
-plot of W4A4 retention to ``--out`` (a folder).
+retention plot per bit width next to each other: ``<out>.json``, ``<out>.md``, ``<out>_<bits>.png``.
 """
 from __future__ import annotations
 
@@ -178,12 +178,12 @@ def main() -> None:
     out = Path(args.out)
     if args.combine:
         docs = [json.loads(path.read_text()) for path in args.combine]
-        runs = [run for doc in docs for run in doc["runs"]]
+        runs = [{"weight_lr": 0.0, **run} for doc in docs for run in doc["runs"]]  # older outputs lack weight_lr
         if len({run["weight_lr"] for run in runs if run["weight_lr"] > 0}) > 1:  # a learning-rate sweep
             runs = [{**run, "method": f"{run['method']}, weight_lr {run['weight_lr']:g}"} if run["weight_lr"] > 0
                     else run for run in runs]
         first = docs[0]
-        write_outputs(out, first["fp"], first["setting"], first["split"], runs, first["config"],
+        write_outputs(out, first["fp"], first["setting"], first.get("split", "test"), runs, first["config"],
                       sources=[str(path) for path in args.combine])
         return
     cfg = compose_config(["logger=none", *args.overrides])
