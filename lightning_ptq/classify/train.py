@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,12 +22,10 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..io import atomic_torch_save, resume_checkpoint
+from ..models.cached_training import train_or_load, train_settings
 from ..models.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
-from ..quant.config import ConfigError
 from .model import TinyResNet
-
-log = logging.getLogger(__name__)
 
 FORMAT = "lightning_ptq.classifier/1"
 TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 64, "lr": 3e-3, "weight_decay": 5e-4, "seed": 0}
@@ -92,22 +88,14 @@ def pretrained_classifier(datamodule, model_cfg: Mapping, cache_dir: str | os.Pa
     if model_cfg.get("checkpoint"):
         return load_classifier(model_cfg["checkpoint"], kwargs, num_classes, image_size).eval()
 
-    train = {**TRAIN_DEFAULTS, **_plain(model_cfg.get("train") or {})}
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
+    train = train_settings(_plain(model_cfg.get("train") or {}), TRAIN_DEFAULTS)
     path = Path(cache_dir) / f"classifier-{cache_key(kwargs, train, num_classes, image_size, datamodule)}.pt"
-    if path.is_file():
-        log.info("Using the cached classifier %s", path)
-        return load_classifier(path, kwargs, num_classes, image_size).eval()
-
-    log.info("No cached classifier at %s: training one (%d epochs).", path, train["epochs"])
-    work_dir = path.with_suffix(".training")  # Lightning checkpoints, so an interrupted run resumes
-    module = train_classifier(datamodule, kwargs, train, work_dir, dict(trainer_kwargs or {}))
-    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
-    save_classifier(module.model, path, kwargs, datamodule.class_names, metrics, image_size)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return module.model.eval()
+    return train_or_load(
+        path, "classifier", train["epochs"],
+        load=lambda p: load_classifier(p, kwargs, num_classes, image_size),
+        train=lambda work_dir: train_classifier(datamodule, kwargs, train, work_dir, dict(trainer_kwargs or {})),
+        save=lambda model, p, metrics: save_classifier(model, p, kwargs, datamodule.class_names, metrics, image_size),
+        metric_prefixes=("val/", "test/"))
 
 
 def _plain(value):

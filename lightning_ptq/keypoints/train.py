@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,13 +18,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import atomic_torch_save, resume_checkpoint
+from ..models.cached_training import train_or_load, train_settings
 from ..models.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
-from ..quant.config import ConfigError
 from .metrics import KeypointEvaluator, nme
 from .model import KeypointNet, check_finite, keypoint_loss
-
-log = logging.getLogger(__name__)
 
 FORMAT = "lightning_ptq.keypoint/1"
 TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 3e-3, "weight_decay": 5e-4, "seed": 0}
@@ -70,25 +66,17 @@ def pretrained_keypoint_model(datamodule, model_kwargs: Mapping, train: Mapping 
     model_kwargs = dict(model_kwargs)
     if checkpoint:
         return load_keypoint_model(checkpoint, num_keypoints, image_size, model_kwargs).eval()
-    train = {**TRAIN_DEFAULTS, **dict(train or {})}
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
+    train = train_settings(dict(train or {}), TRAIN_DEFAULTS)
     digest = hashlib.sha256(json.dumps(
         {"kwargs": model_kwargs, "train": train, "k": num_keypoints, "size": image_size}, sort_keys=True).encode())
     digest.update(Path(datamodule.dataset("train").ann_file).read_bytes())
     path = Path(cache_dir) / f"keypoint-{digest.hexdigest()[:12]}.pt"
-    if path.is_file():
-        log.info("Using the cached keypoint model %s", path)
-        return load_keypoint_model(path, num_keypoints, image_size, model_kwargs).eval()
-
-    log.info("No cached keypoint model at %s: training one (%d epochs).", path, train["epochs"])
-    work_dir = path.with_suffix(".training")  # Lightning checkpoints, so an interrupted run resumes
-    module = train_keypoint_model(datamodule, model_kwargs, train, work_dir, dict(trainer_kwargs or {}))
-    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith("val/")}
-    save_keypoint_model(module.model, path, model_kwargs, datamodule.keypoint_names, metrics)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return module.model.eval()
+    return train_or_load(
+        path, "keypoint model", train["epochs"],
+        load=lambda p: load_keypoint_model(p, num_keypoints, image_size, model_kwargs),
+        train=lambda work_dir: train_keypoint_model(datamodule, model_kwargs, train, work_dir,
+                                                    dict(trainer_kwargs or {})),
+        save=lambda model, p, metrics: save_keypoint_model(model, p, model_kwargs, datamodule.keypoint_names, metrics))
 
 
 def train_keypoint_model(datamodule, model_kwargs: dict, train: dict, work_dir: str | os.PathLike,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,10 +19,9 @@ from torch.utils.data import DataLoader
 from ..data import detection_collate
 from ..io import resume_checkpoint
 from ..quant.config import ConfigError
+from .cached_training import train_or_load, train_settings
 from .checkpoint import load_detector, save_detector
 from .detector import DETECTORS, DetectorModule
-
-log = logging.getLogger(__name__)
 
 MODELS = tuple(DETECTORS)  # model.name: the detector families
 TRAIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 5e-4, "val_every": 4, "seed": 0}
@@ -46,23 +43,13 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     if model_cfg.get("checkpoint"):
         return load_detector(model_cfg["checkpoint"], num_classes, image_size, kwargs, name).eval()
 
-    train = {**TRAIN_DEFAULTS, **dict(model_cfg.get("train") or {})}
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(TRAIN_DEFAULTS)}.")
-    key = cache_key(kwargs, train, num_classes, image_size, datamodule)
-    path = Path(cache_dir) / f"{name}-{key}.pt"
-    if path.is_file():
-        log.info("Using the cached pretrained detector %s", path)
-        return load_detector(path, num_classes, image_size, kwargs, name).eval()
-
-    log.info("No cached detector at %s: pretraining one (%d epochs).", path, train["epochs"])
-    work_dir = path.with_suffix(".training")  # Lightning checkpoints, so an interrupted run resumes
-    module = _pretrain(datamodule, name, kwargs, train, work_dir, dict(trainer_kwargs or {}))
-    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith("val/")}
-    save_detector(module.model, path, kwargs, datamodule.class_names, metrics)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return module.model.eval()
+    train = train_settings(dict(model_cfg.get("train") or {}), TRAIN_DEFAULTS)
+    path = Path(cache_dir) / f"{name}-{cache_key(kwargs, train, num_classes, image_size, datamodule)}.pt"
+    return train_or_load(
+        path, "pretrained detector", train["epochs"],
+        load=lambda p: load_detector(p, num_classes, image_size, kwargs, name),
+        train=lambda work_dir: _pretrain(datamodule, name, kwargs, train, work_dir, dict(trainer_kwargs or {})),
+        save=lambda model, p, metrics: save_detector(model, p, kwargs, datamodule.class_names, metrics))
 
 
 def cache_key(kwargs: dict, train: dict, num_classes: int, image_size: int, datamodule) -> str:

@@ -1,0 +1,46 @@
+"""Train once, reuse after: the embedded default models (detectors, keypoint model, classifier)
+are trained by a Lightning run the first time they are asked for and cached under a key that
+hashes every setting that changes them; an interrupted training resumes from its last epoch."""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import lightning as L
+from torch import nn
+
+from ..quant.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def train_settings(overrides: Mapping, defaults: Mapping) -> dict:
+    """``defaults`` updated with the user's ``model.train`` ``overrides``; an unknown key is an
+    error naming it and the allowed ones."""
+    train = {**defaults, **overrides}
+    unknown = sorted(set(train) - set(defaults))
+    if unknown:
+        raise ConfigError(f"model.train has unknown keys {unknown}: allowed are {sorted(defaults)}.")
+    return train
+
+
+def train_or_load(path: Path, what: str, epochs: int, load: Callable[[Path], nn.Module],
+                  train: Callable[[Path], L.LightningModule],
+                  save: Callable[[nn.Module, Path, dict[str, float]], None],
+                  metric_prefixes: tuple[str, ...] = ("val/",)) -> nn.Module:
+    """The model cached at ``path`` (``load(path)``), else ``train(work_dir)``'s module's model,
+    saved there with its final ``metric_prefixes`` metrics (``save(model, path, metrics)``); in
+    eval mode. ``work_dir`` (``path`` with suffix ``.training``) holds Lightning's checkpoints, so
+    an interrupted training resumes; it is removed once the model is saved."""
+    if path.is_file():
+        log.info("Using the cached %s %s", what, path)
+        return load(path).eval()
+    log.info("No cached %s at %s: training one (%d epochs).", what, path, epochs)
+    work_dir = path.with_suffix(".training")
+    module = train(work_dir)
+    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if k.startswith(metric_prefixes)}
+    save(module.model, path, metrics)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return module.model.eval()
