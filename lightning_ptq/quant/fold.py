@@ -59,19 +59,20 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None, 
         parent_name, _, child = bn_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, nn.Identity())
     if reference is not None:
-        check_same_outputs(reference, model, example_input, atol,
-                           f"BatchNorm folding changed the model output (max abs error {{err:.3g}}): one of the "
-                           f"folded pairs {pairs} is not applied as conv -> bn in forward. Set fold_bn=false.")
+        check_same_outputs(reference, model, example_input, atol, "BatchNorm folding",
+                           f"one of the folded pairs {pairs} is not applied as conv -> bn in forward. "
+                           f"Set fold_bn=false.")
     return pairs
 
 
 def check_same_outputs(reference: list[torch.Tensor], model: nn.Module, x: torch.Tensor, atol: float,
-                       message: str) -> None:
-    """Raise ``RuntimeError(message)`` (``{err}`` filled in) when ``model(x)`` differs from
-    ``reference`` by more than ``atol`` relative to the output's scale."""
+                       change: str, cause: str) -> None:
+    """Raise ``RuntimeError`` saying that ``change`` changed the model output, by how much, and
+    ``cause``, when ``model(x)`` differs from ``reference`` by more than ``atol`` relative to the
+    output's scale."""
     err = max((a - b).abs().max().item() for a, b in zip(reference, model_outputs(model, x)))
     if err > atol * max(max(a.abs().max().item() for a in reference), 1.0):
-        raise RuntimeError(message.format(err=err))
+        raise RuntimeError(f"{change} changed the model output (max abs error {err:.3g}): {cause}")
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
