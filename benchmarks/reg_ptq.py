@@ -47,7 +47,14 @@ PAPER_SETTING = {
              {"pattern": "head.classification_head.cls_logits", "float_": True},
              {"pattern": "head.regression_head.bbox_*", "float_": True}],
 }
-WEIGHT_LR = "weight_lr"  # placeholder in METHODS, replaced by --weight-lr
+# Feature matching (Reg-PTQ's local term): the backbone stages and neck outputs of each family.
+FEATURE_MODULES = {
+    "yolo": ["stem", "stage3", "stage4", "stage5", "top_down4", "top_down3", "bottom_up4", "bottom_up5"],
+    "fcos": ["backbone.body.layer1", "backbone.body.layer2", "backbone.body.layer3", "backbone.body.layer4",
+             "backbone.fpn"],
+}
+WEIGHT_LR = "weight_lr"  # placeholders in METHODS, replaced by --weight-lr and by --feature-weight with
+FEATURES = "features"    # the family's FEATURE_MODULES
 # key -> (label, quant overrides, calib overrides); "steps": 0 means ranges only. FGL settings
 # default to conf/calib/distill.yaml (the paper's filter).
 METHODS = {
@@ -67,6 +74,11 @@ METHODS = {
     "fgl_w": ("FGL + weights, without LAQ", {}, {"loss": "fgl", "weight_lr": WEIGHT_LR}),
     "laq_w": ("LAQ + weights, without filter", LAQ_HEAD, {"loss": "output_mse", "weight_lr": WEIGHT_LR}),
     "laq_fgl_w": ("LAQ + FGL + weights (ours)", LAQ_HEAD, {"loss": "fgl", "weight_lr": WEIGHT_LR}),
+    # with feature matching (the local term) as well
+    "lsq_feat_w": ("learned scales + weights, output MSE + features", {},
+                   {"loss": "output_mse", "weight_lr": WEIGHT_LR, "features": FEATURES}),
+    "laq_fgl_feat_w": ("LAQ + FGL + features + weights (ours)", LAQ_HEAD,
+                       {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES}),
     # variants tried on seed 0 (see the README)
     "laq_fgl_joint": ("LAQ + FGL + dense term", LAQ_HEAD, {"loss": "fgl", "fgl": {"lambda_local": 1.0}}),
     "laq_fgl_qdrop": ("LAQ + FGL + QDrop", LAQ_HEAD, {"loss": "fgl", "drop_prob": 0.5}),
@@ -76,9 +88,11 @@ METHODS = {
 DEFAULT_METHODS = ["minmax", "percentile", "mse", "lsq", "qdrop", "fgl", "laq", "laq_fgl", "laq_fgl_union"]
 
 
-def with_weight_lr(calib_overrides: dict, weight_lr: float) -> dict:
-    """A method's calib overrides with the ``WEIGHT_LR`` placeholder set to ``weight_lr``."""
-    return {k: weight_lr if v == WEIGHT_LR else v for k, v in calib_overrides.items()}
+def resolve_placeholders(calib_overrides: dict, weight_lr: float, feature_weight: float, family: str) -> dict:
+    """A method's calib overrides with ``WEIGHT_LR`` set to ``weight_lr`` and ``FEATURES`` to
+    feature matching at ``family``'s modules with ``feature_weight``."""
+    values = {WEIGHT_LR: weight_lr, FEATURES: {"weight": feature_weight, "modules": FEATURE_MODULES[family]}}
+    return {k: values.get(v, v) if isinstance(v, str) else v for k, v in calib_overrides.items()}
 
 
 class PeakRSS:
@@ -169,6 +183,8 @@ def main() -> None:
                         help="full: every layer at the given bits; paper: first layer 8-bit, last layers float")
     parser.add_argument("--weight-lr", type=float, default=0.05,
                         help="learning rate of the weights and biases in the *_w methods, in weight grid steps (weight tuning)")
+    parser.add_argument("--feature-weight", type=float, default=1.0,
+                        help="weight of feature matching in the *_feat_* methods")
     parser.add_argument("--split", default="test", choices=["test", "val"],
                         help="where mAP is measured (choose settings on val, report on test)")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
@@ -204,12 +220,13 @@ def main() -> None:
                 L.seed_everything(seed, verbose=False)
                 qcfg = QuantConfig.from_dict({**OmegaConf.to_container(cfg.quant), **quant_overrides,
                                               "w_bits": w_bits, "a_bits": a_bits, "overrides": layer_overrides})
-                calib = OmegaConf.merge(cfg.calib, with_weight_lr(calib_overrides, args.weight_lr))
+                calib = OmegaConf.merge(cfg.calib, resolve_placeholders(calib_overrides, args.weight_lr,
+                                                                        args.feature_weight, cfg.model.name))
                 with PeakRSS() as mem:
                     qmodel, seconds = quantize_and_calibrate(fp_model, qcfg, batches, calib, cfg.trainer)
                 m = evaluate_detections(qmodel, eval_loader(), **eval_kwargs(cfg))
                 runs.append({"bits": f"W{w_bits}A{a_bits}", "method": label, "setting": args.setting, "seed": seed,
-                             "weight_lr": float(calib.weight_lr),
+                             "weight_lr": float(calib.weight_lr), "feature_weight": float(calib.features.weight),
                              **{k: float(v) for k, v in m.items()}, "retention": float(m["map"] / fp["map"]) if fp["map"] > 0 else 0.0,
                              "calib_seconds": seconds, "peak_rss_mib": mem.peak, "peak_gpu_mib": mem.gpu_peak})
                 Console().print(f"seed {seed} {runs[-1]['bits']} {label}: mAP {m['map']:.4f} "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .calib import FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .io import atomic_torch_save, atomic_write_json
 from .quant import ConfigError, QuantConfig, quantize
@@ -25,6 +25,8 @@ def check_calib_config(calib: DictConfig) -> None:
         FilteredGlobalLoss(None, **calib.fgl)
     except (ConfigError, TypeError) as err:
         raise ConfigError(f"calib.fgl: {err}") from err
+    if calib.features.weight != 0:
+        FeatureMatching(None, list(calib.features.modules), calib.features.weight)
     for key in ("num_images", "init_batches", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
             raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
@@ -61,14 +63,19 @@ def check_loss_family(loss: str, task: str) -> None:
 
 def calibration_loss(calib: DictConfig, fp_model):
     """The distillation loss named by ``calib.loss``: FGL reads a detector's outputs through its
-    own adapter; the keypoint loss compares coordinates and per-axis distributions."""
+    own adapter; the keypoint loss compares coordinates and per-axis distributions. With
+    ``calib.features.weight > 0`` feature matching at ``calib.features.modules`` is added."""
     family = getattr(fp_model, "family", None)
     check_loss_family(calib.loss, family if family in ("keypoint", "classifier") else "detector")
     if calib.loss == "fgl":
-        return FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
-    if calib.loss == "keypoint_distill":
-        return KeypointDistillLoss(fp_model.stride)
-    return OutputMSE()
+        loss = FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
+    elif calib.loss == "keypoint_distill":
+        loss = KeypointDistillLoss(fp_model.stride)
+    else:
+        loss = OutputMSE()
+    if calib.features.weight > 0:
+        loss = FeatureMatching(loss, list(calib.features.modules), calib.features.weight)
+    return loss
 
 
 def calibration_batches(datamodule, num_images: int) -> list:

@@ -2,6 +2,7 @@
 LightningModule."""
 from .api import calibrate
 from .batches import batch_inputs
+from .features import FeatureMatching
 from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
 from .keypoint_loss import KeypointDistillLoss
 from .losses import OutputMSE
@@ -10,7 +11,7 @@ from .observe import EmptyCalibrationError, NonFiniteCalibrationError, calibrate
 from .recon import find_blocks, qdrop_hooks, reconstruct
 
 __all__ = [
-    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FilteredGlobalLoss", "KeypointDistillLoss",
+    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FeatureMatching", "FilteredGlobalLoss", "KeypointDistillLoss",
     "NonFiniteCalibrationError", "NonFiniteLossError", "OutputMSE", "batch_inputs", "calibrate",
     "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct",
 ]

@@ -79,6 +79,8 @@ def calibrate(
     finally:
         for h in hooks:
             h.remove()
+        if hasattr(module.loss, "detach"):  # on_fit_end is skipped when fitting stops with an error
+            module.loss.detach()
     return qmodel
 
 

@@ -74,6 +74,14 @@ class CalibrationModule(L.LightningModule):
             for p in group["params"]:
                 p.requires_grad_(True)
 
+    def on_fit_start(self) -> None:
+        if hasattr(self.loss, "attach"):  # a loss that reads intermediate features (FeatureMatching)
+            self.loss.attach(self.teacher, self.student)
+
+    def on_fit_end(self) -> None:
+        if hasattr(self.loss, "detach"):
+            self.loss.detach()
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()

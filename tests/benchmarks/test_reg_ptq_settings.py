@@ -3,7 +3,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.reg_ptq import DEFAULT_METHODS, METHODS, PAPER_SETTING, with_weight_lr
+from benchmarks.reg_ptq import DEFAULT_METHODS, FEATURE_MODULES, METHODS, PAPER_SETTING, resolve_placeholders
+from lightning_ptq.calib.features import match_modules
 from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.models import FCOSNet, YOLO
@@ -32,10 +33,19 @@ def test_every_method_is_a_valid_configuration():
     base = compose_config([]).calib
     for name, (label, quant, calib) in METHODS.items():
         QuantConfig.from_dict({**quant, "w_bits": 4, "a_bits": 4})
-        merged = OmegaConf.merge(base, with_weight_lr(calib, 1e-3))  # unknown keys would fail here (struct config)
+        merged = OmegaConf.merge(base, resolve_placeholders(calib, 1e-3, 0.5, "yolo"))  # unknown keys would fail (struct)
         check_calib_config(merged)
         assert merged.weight_lr == (1e-3 if name.endswith("_w") else 0.0), name
+        assert merged.features.weight == (0.5 if "_feat_" in name else 0.0), name
         assert label, name
+
+
+@pytest.mark.parametrize("family", sorted(FEATURE_MODULES))
+def test_feature_modules_name_modules_of_both_models(family):
+    model = TINY[family]().eval()
+    q = quantize(model, QuantConfig(w_bits=4, a_bits=4))
+    assert match_modules(model, FEATURE_MODULES[family]) == FEATURE_MODULES[family]
+    assert match_modules(q, FEATURE_MODULES[family]) == FEATURE_MODULES[family]
 
 
 def _doc(weight_lr: float, maps: list[float]) -> dict:
