@@ -53,8 +53,9 @@ FEATURE_MODULES = {
     "fcos": ["backbone.body.layer1", "backbone.body.layer2", "backbone.body.layer3", "backbone.body.layer4",
              "backbone.fpn"],
 }
-WEIGHT_LR = "weight_lr"  # placeholders in METHODS, replaced by --weight-lr and by --feature-weight with
-FEATURES = "features"    # the family's FEATURE_MODULES
+# Placeholders in METHODS: replaced by --weight-lr, and by feature matching at the family's
+# FEATURE_MODULES with --feature-weight (plain, or Fisher-weighted).
+WEIGHT_LR, FEATURES, FEATURES_FISHER = "weight_lr", "features", "features_fisher"
 # key -> (label, quant overrides, calib overrides); "steps": 0 means ranges only. FGL settings
 # default to conf/calib/distill.yaml (the paper's filter).
 METHODS = {
@@ -79,6 +80,8 @@ METHODS = {
                    {"loss": "output_mse", "weight_lr": WEIGHT_LR, "features": FEATURES}),
     "laq_fgl_feat_w": ("LAQ + FGL + features + weights (ours)", LAQ_HEAD,
                        {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES}),
+    "laq_fgl_fisher_w": ("LAQ + FGL + Fisher-weighted features + weights", LAQ_HEAD,
+                         {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES_FISHER}),
     # variants tried on seed 0 (see the README)
     "laq_fgl_joint": ("LAQ + FGL + dense term", LAQ_HEAD, {"loss": "fgl", "fgl": {"lambda_local": 1.0}}),
     "laq_fgl_qdrop": ("LAQ + FGL + QDrop", LAQ_HEAD, {"loss": "fgl", "drop_prob": 0.5}),
@@ -89,9 +92,10 @@ DEFAULT_METHODS = ["minmax", "percentile", "mse", "lsq", "qdrop", "fgl", "laq", 
 
 
 def resolve_placeholders(calib_overrides: dict, weight_lr: float, feature_weight: float, family: str) -> dict:
-    """A method's calib overrides with ``WEIGHT_LR`` set to ``weight_lr`` and ``FEATURES`` to
-    feature matching at ``family``'s modules with ``feature_weight``."""
-    values = {WEIGHT_LR: weight_lr, FEATURES: {"weight": feature_weight, "modules": FEATURE_MODULES[family]}}
+    """A method's calib overrides with ``WEIGHT_LR`` set to ``weight_lr`` and ``FEATURES`` /
+    ``FEATURES_FISHER`` to feature matching at ``family``'s modules with ``feature_weight``."""
+    features = {"weight": feature_weight, "modules": FEATURE_MODULES[family]}
+    values = {WEIGHT_LR: weight_lr, FEATURES: features, FEATURES_FISHER: {**features, "fisher": True}}
     return {k: values.get(v, v) if isinstance(v, str) else v for k, v in calib_overrides.items()}
 
 

@@ -26,7 +26,7 @@ def check_calib_config(calib: DictConfig) -> None:
     except (ConfigError, TypeError) as err:
         raise ConfigError(f"calib.fgl: {err}") from err
     if calib.features.weight != 0:
-        FeatureMatching(None, list(calib.features.modules), calib.features.weight)
+        FeatureMatching(None, list(calib.features.modules), calib.features.weight, calib.features.fisher)
     for key in ("num_images", "init_batches", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
             raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
@@ -74,7 +74,7 @@ def calibration_loss(calib: DictConfig, fp_model):
     else:
         loss = OutputMSE()
     if calib.features.weight > 0:
-        loss = FeatureMatching(loss, list(calib.features.modules), calib.features.weight)
+        loss = FeatureMatching(loss, list(calib.features.modules), calib.features.weight, calib.features.fisher)
     return loss
 
 

@@ -10,8 +10,11 @@ gives those layers a direct signal.
 :class:`FeatureMatching` wraps any global loss ``(student_out, teacher_out) -> (loss, parts)`` and
 adds ``weight`` x the mean, over the chosen modules, of the squared error between the student's
 and the teacher's output of that module, divided by the teacher's variance there (so that every
-point weighs the same whatever its scale). The published method weights the local error by the
-squared gradient of the global loss (a diagonal Fisher); here every element weighs the same.
+point weighs the same whatever its scale). With ``fisher=True`` each element's error is weighted,
+as in the published method (and BRECQ), by the squared gradient of the global loss with respect to
+that feature (a diagonal Fisher approximation of how much the error there costs at the output),
+normalised to mean 1 per module; it is taken at the current student in every step, which costs
+one more backward pass. With ``fisher=False`` every element weighs the same.
 
 Module outputs are captured by forward hooks that exist only while calibration runs
 (:meth:`FeatureMatching.attach` / :meth:`~FeatureMatching.detach`, called by the calibration
@@ -44,13 +47,13 @@ class FeatureMatching:
     """``base`` plus ``weight`` x the normalised feature MSE at the ``modules`` (patterns on module
     names, the same names in the teacher and the quantized student)."""
 
-    def __init__(self, base, modules: list[str], weight: float = 1.0):
+    def __init__(self, base, modules: list[str], weight: float = 1.0, fisher: bool = False):
         if float(weight) < 0:
             raise ConfigError(f"calib.features.weight={weight!r} must be >= 0.")
         if not modules:
             raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
                               "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
-        self.base, self.patterns, self.weight = base, list(modules), float(weight)
+        self.base, self.patterns, self.weight, self.fisher = base, list(modules), float(weight), bool(fisher)
         self.name = f"{getattr(base, 'name', 'loss')}+features"
         self._handles: list = []
         self._teacher: dict[str, list[torch.Tensor]] = {}
@@ -80,15 +83,37 @@ class FeatureMatching:
         loss, parts = self.base(student_out, teacher_out)
         if not self._handles:
             raise RuntimeError("FeatureMatching was called before attach(teacher, student).")
-        terms = []
+        pairs = []
         for name in self.names:
             s_feats, t_feats = self._student[name], self._teacher[name]
             if len(s_feats) != len(t_feats) or not s_feats:
                 raise RuntimeError(f"module {name!r} gave {len(s_feats)} student and {len(t_feats)} teacher "
                                    f"outputs in this step; it must run once per forward in both.")
-            terms += [(s.float() - t.float()).pow(2).mean() / t.float().var().clamp_min(1e-8)
-                      for s, t in zip(s_feats, t_feats)]
+            pairs += zip(list(s_feats), list(t_feats))
             s_feats.clear()
             t_feats.clear()
+        weights = self._fisher_weights(loss, [s for s, _ in pairs]) if self.fisher else [None] * len(pairs)
+        terms = [_normalised_error(s, t, w) for (s, t), w in zip(pairs, weights)]
         local = torch.stack(terms).mean()
         return loss + self.weight * local, {**parts, "global": loss.item(), "features": local.item()}
+
+    @staticmethod
+    def _fisher_weights(loss: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Squared gradient of the global ``loss`` at each feature, mean 1 per feature (``None``:
+        uniform, where the loss does not depend on the feature or its gradient is 0)."""
+        if not loss.requires_grad:
+            return [None] * len(feats)
+        grads = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+        weights = []
+        for g in grads:
+            sq = None if g is None else g.detach().float().pow(2)
+            weights.append(sq / sq.mean() if sq is not None and sq.mean() > 0 else None)
+        return weights
+
+
+def _normalised_error(s: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean (weighted) squared error between ``s`` and ``t``, divided by the variance of ``t``."""
+    err = (s.float() - t.float()).pow(2)
+    if weight is not None:
+        err = err * weight
+    return err.mean() / t.float().var().clamp_min(1e-8)

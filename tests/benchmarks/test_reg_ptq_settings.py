@@ -36,7 +36,8 @@ def test_every_method_is_a_valid_configuration():
         merged = OmegaConf.merge(base, resolve_placeholders(calib, 1e-3, 0.5, "yolo"))  # unknown keys would fail (struct)
         check_calib_config(merged)
         assert merged.weight_lr == (1e-3 if name.endswith("_w") else 0.0), name
-        assert merged.features.weight == (0.5 if "_feat_" in name else 0.0), name
+        assert merged.features.weight == (0.5 if "_feat_" in name or "_fisher_" in name else 0.0), name
+        assert merged.features.fisher == ("_fisher_" in name), name
         assert label, name
 
 

@@ -72,3 +72,23 @@ def test_bad_settings_are_named():
         FeatureMatching(OutputMSE(), [])
     with pytest.raises(RuntimeError, match=r"called before attach"):
         FeatureMatching(OutputMSE(), ["1"])(qmodel(tiny_batches()[0]), fp(tiny_batches()[0]))
+
+
+def test_fisher_weights_are_the_squared_gradient_of_the_global_loss():
+    fp, qmodel = _calibrated_pair()
+    loss = FeatureMatching(OutputMSE(), ["1"], weight=1.0, fisher=True)
+    loss.attach(fp, qmodel)
+    x = tiny_batches()[0]
+    with torch.no_grad():
+        t_out = fp(x)
+    _, parts = loss(qmodel(x), t_out)
+    loss.detach()
+    feat = qmodel[1](qmodel[0](x))
+    global_, _ = OutputMSE()(qmodel[2](feat), t_out)
+    (grad,) = torch.autograd.grad(global_, feat)
+    weight = grad.pow(2) / grad.pow(2).mean()
+    with torch.no_grad():
+        t_feat = fp[1](fp[0](x))
+        expected = (weight * (feat - t_feat).pow(2)).mean() / t_feat.var()
+    assert parts["features"] == pytest.approx(expected.item(), rel=1e-4)
+    assert expected.item() != pytest.approx(((feat - t_feat).pow(2).mean() / t_feat.var()).item(), rel=1e-2)
