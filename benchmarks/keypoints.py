@@ -4,7 +4,10 @@
 seeds. Every variant is trained by the project on the same embedded data (one FP model per
 variant, grid and seed: ``model.train.seed``), quantized with the same recipe and calibrated on
 the same images. A fourth row, "cosine, compensated at inference", switches compensation on in
-the cosine model without retraining it. (Inference speed: ``benchmarks/keypoint_speed.py``.)
+the cosine model without retraining it (``--infer-comp``: in the plain model too). The ablation
+``--variants plain_comp`` trains plain linear logits with the compensation. (Inference speed:
+``benchmarks/keypoint_speed.py``; how much of each model's error is a pull toward the centre:
+``benchmarks/keypoint_bias.py``.)
 
     python benchmarks/keypoints.py                                       # everything
     python benchmarks/keypoints.py --grids 8 --seeds 0 --variants plain cosine_comp
@@ -40,16 +43,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 VARIANTS = {  # key -> (label, keypoint group option)
     "plain": ("plain soft-argmax", "plain"),
+    "plain_comp": ("plain + compensation", "plain_comp"),
     "cosine": ("+ cosine / beta", "cosine"),
     "cosine_comp": ("+ compensation (ours)", "cosine_comp"),
 }
-INFER_COMP = "cosine_infer_comp"  # the cosine model with compensation switched on at inference only
-LABELS = {**{k: v[0] for k, v in VARIANTS.items()}, INFER_COMP: "cosine, compensated at inference"}
+DEFAULT_VARIANTS = ["plain", "cosine", "cosine_comp"]
+# A model trained without compensation, with it switched on at inference only (no retraining).
+INFER_COMP = {"plain": "plain_infer_comp", "cosine": "cosine_infer_comp"}
+LABELS = {**{k: v[0] for k, v in VARIANTS.items()}, "plain_infer_comp": "plain, compensated at inference",
+          "cosine_infer_comp": "cosine, compensated at inference"}
 METRICS = ("nme", "pck", "oks_ap")
 
 
 def label(variant: str, beta: float) -> str:
-    return LABELS[variant] if variant == "plain" else f"{LABELS[variant]}, beta {beta:g}"
+    return LABELS[variant] if variant.startswith("plain") else f"{LABELS[variant]}, beta {beta:g}"
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -91,7 +98,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/keypoints")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--infer-comp", action="store_true",
+                        help="also evaluate the plain and cosine models with compensation switched on at inference")
     parser.add_argument("--grids", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--bits", nargs="+", default=["8,8", "4,4"], help="w,a pairs (FP32 is always run)")
@@ -117,9 +126,9 @@ def main() -> None:
                 datamodule, fp_model = load_keypoint_data_and_model(cfg, keypoint_model_kwargs(cfg))
                 batches = calibration_batches(datamodule, cfg.calib.num_images)
                 models = {variant: fp_model}
-                if variant == "cosine":
-                    models[INFER_COMP] = copy.deepcopy(fp_model)
-                    models[INFER_COMP].compensate = True
+                if variant in INFER_COMP and (args.infer_comp or variant == "cosine"):
+                    models[INFER_COMP[variant]] = copy.deepcopy(fp_model)
+                    models[INFER_COMP[variant]].compensate = True
                 for name, model in models.items():
                     runs += evaluate_variant(name, model, grid, seed, args.bits, batches, cfg, datamodule, console)
                 atomic_write_json({"runs": runs, "summary": summarise(runs), "overrides": args.overrides},

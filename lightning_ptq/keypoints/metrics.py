@@ -41,6 +41,28 @@ def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, norm: torch
     return (normalised_errors(pred, gt, visible, norm) < thr).float().mean().item()
 
 
+def centre_pull(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor,
+                centre: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much predictions are pulled toward ``centre`` (the soft-argmax bias): per axis the
+    least-squares line ``pred - centre = slope * (gt - centre) + offset`` over the visible
+    keypoints; returns ``(slope [2], offset [2])``. A slope of 1 is no pull, below 1 a pull."""
+    t, y = gt[visible.bool()].double() - centre, pred[visible.bool()].double() - centre  # [M, 2]
+    if len(t) < 2:
+        raise ValueError(f"centre_pull needs at least 2 visible keypoints, got {len(t)}.")
+    slopes, offsets = [], []
+    for axis in range(2):
+        design = torch.stack([t[:, axis], torch.ones_like(t[:, axis])], 1)
+        slope, offset = torch.linalg.lstsq(design, y[:, axis:axis + 1]).solution.squeeze(1)
+        slopes.append(slope)
+        offsets.append(offset)
+    return torch.stack(slopes).float(), torch.stack(offsets).float()
+
+
+def remove_centre_pull(pred: torch.Tensor, centre: float, slope: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``pred`` [..., 2] with the linear pull of :func:`centre_pull` undone."""
+    return centre + (pred - centre - offset) / slope
+
+
 class KeypointEvaluator:
     """Accumulates predictions of a :class:`~lightning_ptq.keypoints.coco_keypoints.KeypointDataset`
     (or any dataset with ``coco``, ``category_id`` and ``keypoint_names``) and scores them.

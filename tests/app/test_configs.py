@@ -76,6 +76,8 @@ def test_bad_quant_values(override, message):
         ("calib.recon.drop_prob=1.0", r"calib.recon.drop_prob=1.0 must lie in \[0, 1\)"),
         ("calib.recon.max_layers=0", r"calib.recon.max_layers=0 must be a positive integer"),
         ("calib.fgl.combine=both", r"calib.fgl: combine='both' is unknown: choose one of union, intersection"),
+        ("calib.features.weight=-1", r"calib.features.weight=-1 must be >= 0"),
+        ("calib.features.weight=1", r"calib.features.modules is empty"),
     ],
 )
 def test_bad_calib_values(override, message):
@@ -124,3 +126,14 @@ def test_configs_found_after_plain_non_editable_install(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "w_bits: 8" in proc.stdout
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "keypoint").glob("*.yaml")))
+def test_every_keypoint_option_builds_its_model(option):
+    from lightning_ptq.keypoints.job import keypoint_model_kwargs
+    from lightning_ptq.keypoints.model import KeypointNet
+
+    cfg = compose_config(["+recipe=keypoint_w4a4", f"keypoint={option}", "logger=none"])
+    model = KeypointNet(7, **keypoint_model_kwargs(cfg))
+    assert model.compensate == option.endswith("_comp")
+    assert model.logits == ("linear" if option.startswith("plain") else "cosine")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_ptq.keypoints.coco_keypoints import KeypointDataset, keypoint_collate
-from lightning_ptq.keypoints.metrics import KeypointEvaluator, nme, pck
+from lightning_ptq.keypoints.metrics import KeypointEvaluator, centre_pull, nme, pck, remove_centre_pull
 from lightning_ptq.keypoints.synthetic import generate_keypoint_dataset
 
 # two samples, two keypoints; errors 5 and 1 px (norm 10), 10 px (norm 20) and an invisible 100 px
@@ -78,3 +78,20 @@ def test_sigma_count_must_match_the_keypoints(val_dataset):
         KeypointEvaluator(val_dataset, sigmas=[0.05] * 3)
     with pytest.raises(RuntimeError, match="call update"):
         KeypointEvaluator(val_dataset, sigmas=[0.1] * 7).compute()
+
+
+def test_centre_pull_recovers_a_known_shrink_and_removing_it_restores_the_points():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(200, 5, 2, generator=g) * 64
+    slope, offset = torch.tensor([0.8, 0.9]), torch.tensor([0.5, -0.25])
+    pred = 32 + slope * (gt - 32) + offset
+    visible = torch.ones(200, 5, dtype=torch.bool)
+    visible[::3, 1] = False
+    pred[~visible] = 0.0  # hidden points must not enter the fit
+    fit_slope, fit_offset = centre_pull(pred, gt, visible, 32.0)
+    torch.testing.assert_close(fit_slope, slope, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fit_offset, offset, atol=1e-4, rtol=0)
+    torch.testing.assert_close(remove_centre_pull(pred, 32.0, fit_slope, fit_offset)[visible], gt[visible],
+                               atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="at least 2 visible keypoints, got 0"):
+        centre_pull(pred, gt, torch.zeros_like(visible), 32.0)
