@@ -78,7 +78,7 @@ METHODS = {
     # with feature matching (the local term) as well
     "lsq_feat_w": ("learned scales + weights, output MSE + features", {},
                    {"loss": "output_mse", "weight_lr": WEIGHT_LR, "features": FEATURES}),
-    "laq_fgl_feat_w": ("LAQ + FGL + features + weights (ours)", LAQ_HEAD,
+    "laq_fgl_feat_w": ("LAQ + FGL + features + weights", LAQ_HEAD,
                        {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES}),
     "laq_fgl_fisher_w": ("LAQ + FGL + Fisher-weighted features + weights", LAQ_HEAD,
                          {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES_FISHER}),
@@ -198,10 +198,12 @@ def main() -> None:
     out = Path(args.out)
     if args.combine:
         docs = [json.loads(path.read_text()) for path in args.combine]
-        runs = [{"weight_lr": 0.0, **run} for doc in docs for run in doc["runs"]]  # older outputs lack weight_lr
-        if len({run["weight_lr"] for run in runs if run["weight_lr"] > 0}) > 1:  # a learning-rate sweep
-            runs = [{**run, "method": f"{run['method']}, weight_lr {run['weight_lr']:g}"} if run["weight_lr"] > 0
-                    else run for run in runs]
+        # older outputs lack weight_lr and feature_weight
+        runs = [{"weight_lr": 0.0, "feature_weight": 0.0, **run} for doc in docs for run in doc["runs"]]
+        for key in ("weight_lr", "feature_weight"):
+            if len({run[key] for run in runs if run[key] > 0}) > 1:  # a sweep: name the value in the label
+                runs = [{**run, "method": f"{run['method']}, {key} {run[key]:g}"} if run[key] > 0 else run
+                        for run in runs]
         first = docs[0]
         write_outputs(out, first["fp"], first["setting"], first.get("split", "test"), runs, first["config"],
                       sources=[str(path) for path in args.combine])

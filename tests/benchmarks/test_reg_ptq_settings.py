@@ -75,4 +75,25 @@ def test_combine_merges_runs_and_labels_a_learning_rate_sweep(tmp_path, monkeypa
     assert summary["ours, weight_lr 0.05"]["seeds"] == 2
     assert summary["ours, weight_lr 0.1"]["map"] == pytest.approx(0.30)
     assert "Measured on the val split" in (tmp_path / "all_w0.05.md").read_text()
+    assert not any("feature_weight" in method for method in summary)  # no feature sweep, no label
     assert (tmp_path / "all_w0.05_W4A4.png").is_file()
+
+
+def test_combine_labels_a_feature_weight_sweep(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import reg_ptq
+
+    paths = []
+    for i, (fw, maps) in enumerate([(1.0, [0.40]), (10.0, [0.30])]):
+        doc = _doc(0.05, maps)
+        doc["runs"] = [{**run, "feature_weight": fw} for run in doc["runs"]]
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(doc))
+    out = tmp_path / "features"
+    monkeypatch.setattr(sys, "argv", ["reg_ptq.py", "--combine", *map(str, paths), "--out", str(out)])
+    reg_ptq.main()
+    summary = {r["method"]: r for r in json.loads((tmp_path / "features.json").read_text())["summary"]}
+    assert summary["ours, feature_weight 1"]["map"] == pytest.approx(0.40)
+    assert summary["ours, feature_weight 10"]["map"] == pytest.approx(0.30)
