@@ -41,26 +41,21 @@ def pck(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, norm: torch
     return (normalised_errors(pred, gt, visible, norm) < thr).float().mean().item()
 
 
-def centre_pull(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor,
-                centre: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """How much predictions are pulled toward ``centre`` (the soft-argmax bias): per axis the
-    least-squares line ``pred - centre = slope * (gt - centre) + offset`` over the visible
-    keypoints; returns ``(slope [2], offset [2])``. A slope of 1 is no pull, below 1 a pull."""
-    t, y = gt[visible.bool()].double() - centre, pred[visible.bool()].double() - centre  # [M, 2]
-    if len(t) < 2:
-        raise ValueError(f"centre_pull needs at least 2 visible keypoints, got {len(t)}.")
-    slopes, offsets = [], []
-    for axis in range(2):
-        design = torch.stack([t[:, axis], torch.ones_like(t[:, axis])], 1)
-        slope, offset = torch.linalg.lstsq(design, y[:, axis:axis + 1]).solution.squeeze(1)
-        slopes.append(slope)
-        offsets.append(offset)
-    return torch.stack(slopes).float(), torch.stack(offsets).float()
+def axis_line_fit(x: torch.Tensor, y: torch.Tensor, visible: torch.Tensor,
+                  centre: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per axis, the least-squares line ``y - centre = slope * (x - centre) + offset`` over the
+    visible keypoints of ``x``, ``y`` [..., K, 2]; returns ``(slope [2], offset [2])``.
 
-
-def remove_centre_pull(pred: torch.Tensor, centre: float, slope: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``pred`` [..., 2] with the linear pull of :func:`centre_pull` undone."""
-    return centre + (pred - centre - offset) / slope
+    With ``x`` the true points and ``y`` the predictions, a slope below 1 is a pull toward
+    ``centre`` (the soft-argmax bias); with ``x`` the predictions and ``y`` the true points, it is
+    the best linear correction of the predictions, ``centre + slope * (pred - centre) + offset``."""
+    vis = visible.bool()
+    xs, ys = x[vis].double() - centre, y[vis].double() - centre  # [M, 2]
+    if len(xs) < 2:
+        raise ValueError(f"axis_line_fit needs at least 2 visible keypoints, got {len(xs)}.")
+    fits = [torch.linalg.lstsq(torch.stack([xs[:, a], torch.ones_like(xs[:, a])], 1), ys[:, a:a + 1]).solution
+            for a in range(2)]
+    return torch.stack([f[0, 0] for f in fits]).float(), torch.stack([f[1, 0] for f in fits]).float()
 
 
 class KeypointEvaluator:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_ptq.keypoints.coco_keypoints import KeypointDataset, keypoint_collate
-from lightning_ptq.keypoints.metrics import KeypointEvaluator, centre_pull, nme, pck, remove_centre_pull
+from lightning_ptq.keypoints.metrics import KeypointEvaluator, axis_line_fit, nme, pck
 from lightning_ptq.keypoints.synthetic import generate_keypoint_dataset
 
 # two samples, two keypoints; errors 5 and 1 px (norm 10), 10 px (norm 20) and an invisible 100 px
@@ -80,7 +80,7 @@ def test_sigma_count_must_match_the_keypoints(val_dataset):
         KeypointEvaluator(val_dataset, sigmas=[0.1] * 7).compute()
 
 
-def test_centre_pull_recovers_a_known_shrink_and_removing_it_restores_the_points():
+def test_axis_line_fit_recovers_a_known_pull_and_the_correction_that_undoes_it():
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(200, 5, 2, generator=g) * 64
     slope, offset = torch.tensor([0.8, 0.9]), torch.tensor([0.5, -0.25])
@@ -88,10 +88,12 @@ def test_centre_pull_recovers_a_known_shrink_and_removing_it_restores_the_points
     visible = torch.ones(200, 5, dtype=torch.bool)
     visible[::3, 1] = False
     pred[~visible] = 0.0  # hidden points must not enter the fit
-    fit_slope, fit_offset = centre_pull(pred, gt, visible, 32.0)
+    fit_slope, fit_offset = axis_line_fit(gt, pred, visible, 32.0)
     torch.testing.assert_close(fit_slope, slope, atol=1e-5, rtol=0)
     torch.testing.assert_close(fit_offset, offset, atol=1e-4, rtol=0)
-    torch.testing.assert_close(remove_centre_pull(pred, 32.0, fit_slope, fit_offset)[visible], gt[visible],
-                               atol=1e-3, rtol=0)
+    back_slope, back_offset = axis_line_fit(pred, gt, visible, 32.0)  # the correction of the predictions
+    torch.testing.assert_close(back_slope, 1 / slope, atol=1e-5, rtol=0)
+    corrected = 32 + back_slope * (pred - 32) + back_offset
+    torch.testing.assert_close(corrected[visible], gt[visible], atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="at least 2 visible keypoints, got 0"):
-        centre_pull(pred, gt, torch.zeros_like(visible), 32.0)
+        axis_line_fit(gt, pred, torch.zeros_like(visible), 32.0)
