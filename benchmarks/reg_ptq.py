@@ -65,6 +65,7 @@ METHODS = {
     "mse": ("MSE search", {"w_init": "mse", "a_init": "mse"}, {"steps": 0}),
     "lsq": ("learned scales, output MSE", {}, {"loss": "output_mse"}),
     "qdrop": ("block reconstruction (QDrop)", {}, {"steps": 0, "recon": {"steps": 200}}),
+    "qdrop_w": ("block reconstruction (QDrop) + weights", {}, {"steps": 0, "recon": {"steps": 200, "weight_lr": WEIGHT_LR}}),
     # ours and its ablations
     "fgl": ("FGL without LAQ", {}, {"loss": "fgl"}),
     "laq": ("LAQ without filter", LAQ_HEAD, {"loss": "output_mse"}),
@@ -80,6 +81,8 @@ METHODS = {
                    {"loss": "output_mse", "weight_lr": WEIGHT_LR, "features": FEATURES}),
     "laq_fgl_feat_w": ("LAQ + FGL + features + weights", LAQ_HEAD,
                        {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES}),
+    "laq_recon_fgl_w": ("LAQ + block recon + FGL, all + weights", LAQ_HEAD,
+                        {"loss": "fgl", "weight_lr": WEIGHT_LR, "recon": {"steps": 200, "weight_lr": WEIGHT_LR}}),
     "laq_fgl_fisher_w": ("LAQ + FGL + Fisher-weighted features + weights", LAQ_HEAD,
                          {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES_FISHER}),
     # variants tried on seed 0 (see the README)
@@ -96,7 +99,12 @@ def resolve_placeholders(calib_overrides: dict, weight_lr: float, feature_weight
     ``FEATURES_FISHER`` to feature matching at ``family``'s modules with ``feature_weight``."""
     features = {"weight": feature_weight, "modules": FEATURE_MODULES[family]}
     values = {WEIGHT_LR: weight_lr, FEATURES: features, FEATURES_FISHER: {**features, "fisher": True}}
-    return {k: values.get(v, v) if isinstance(v, str) else v for k, v in calib_overrides.items()}
+
+    def resolve(value):
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        return values.get(value, value) if isinstance(value, str) else value
+    return resolve(calib_overrides)
 
 
 class PeakRSS:

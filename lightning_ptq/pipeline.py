@@ -45,6 +45,8 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.recon.drop_prob={recon.drop_prob!r} must lie in [0, 1).")
     if recon.lr <= 0:
         raise ConfigError(f"calib.recon.lr={recon.lr!r} must be > 0.")
+    if recon.weight_lr < 0:
+        raise ConfigError(f"calib.recon.weight_lr={recon.weight_lr!r} must be >= 0 (0: weights stay fixed).")
     if not isinstance(recon.max_layers, int) or recon.max_layers < 1:
         raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
 

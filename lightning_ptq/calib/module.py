@@ -120,13 +120,7 @@ class CalibrationModule(L.LightningModule):
                 f"Lower calib.lr or check the calibration images.")
 
     def _weight_groups(self) -> list[dict]:
-        """One Adam parameter group per quantized layer of the student (weight and bias), its
-        learning rate ``weight_lr`` steps of that layer's weight grid; none when ``weight_lr`` is 0."""
-        if self.weight_lr == 0:
-            return []
-        layers = [m for m in self.student.modules() if isinstance(m, QuantLayerMixin)]
-        return [{"params": [p for p in (m.weight, m.bias) if p is not None], "lr": self.weight_lr * weight_step(m)}
-                for m in layers]
+        return weight_groups(self.student, self.weight_lr)
 
     def configure_optimizers(self):
         params = quantizer_parameters(self.student)
@@ -134,6 +128,16 @@ class CalibrationModule(L.LightningModule):
             raise ValueError("the student has no learnable quantizer parameter (QuantConfig.learnable=False?).")
         opt = torch.optim.Adam([{"params": params, "lr": self.lr}, *self._weight_groups()])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine_schedule(opt, self.max_steps), "interval": "step"}}
+
+
+def weight_groups(model: nn.Module, weight_lr: float) -> list[dict]:
+    """One Adam parameter group per quantized layer of ``model`` (weight and bias), its learning
+    rate ``weight_lr`` steps of that layer's weight grid; none when ``weight_lr`` is 0."""
+    if weight_lr == 0:
+        return []
+    layers = [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
+    return [{"params": [p for p in (m.weight, m.bias) if p is not None], "lr": weight_lr * weight_step(m)}
+            for m in layers]
 
 
 @torch.no_grad()

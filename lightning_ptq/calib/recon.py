@@ -14,6 +14,7 @@ shared across pyramid levels) is one block fitted on all of its calls.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
-from .module import cosine_schedule
+from .module import cosine_schedule, weight_groups
 from .observe import ForwardFn, default_forward
 
 
@@ -108,18 +109,22 @@ def _float_mode(qmodel: nn.Module):
 
 
 @torch.no_grad()
-def _capture(qmodel: nn.Module, name: str, batches: Sequence, forward_fn: ForwardFn) -> list[tuple[tuple, object]]:
+def _capture(qmodel: nn.Module, name: str, batches: Sequence, forward_fn: ForwardFn,
+             reference: nn.Module | None = None) -> list[tuple[tuple, object]]:
     """Per call of block ``name`` over ``batches``: (the quantized model's input args to it, the
-    float network's output of it), both detached."""
-    block = qmodel.get_submodule(name)
+    float network's output of it), both detached. The float network is ``reference`` (default:
+    ``qmodel`` itself) with its quantizers switched off."""
+    reference = qmodel if reference is None else reference
     q_inputs, fp_outputs = [], []
-    handle = block.register_forward_hook(lambda m, args, out: fp_outputs.append(_snapshot(out)))
+    handle = reference.get_submodule(name).register_forward_hook(
+        lambda m, args, out: fp_outputs.append(_snapshot(out)))
     try:
-        with _float_mode(qmodel):
+        with _float_mode(reference):
             for batch in batches:
-                forward_fn(qmodel, batch)
+                forward_fn(reference, batch)
     finally:
         handle.remove()
+    block = qmodel.get_submodule(name)
     handle = block.register_forward_pre_hook(lambda m, args: q_inputs.append(_snapshot(args)))
     try:
         for batch in batches:
@@ -138,11 +143,11 @@ def qdrop_hooks(model: nn.Module, drop_prob: float) -> list:
     return [m.input_quant.register_forward_hook(hook) for m in model.modules() if isinstance(m, QuantLayerMixin)]
 
 
-def _fit_block(block: nn.Module, params: list[nn.Parameter], samples: list, steps: int, lr: float,
+def _fit_block(block: nn.Module, groups: list[dict], samples: list, steps: int,
                drop_prob: float, generator: torch.Generator) -> float:
-    if not params:
+    if not any(group["params"] for group in groups):
         return float("nan")
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(groups)
     sched = cosine_schedule(opt, steps)
     hooks = qdrop_hooks(block, drop_prob) if drop_prob > 0 else []
     loss = torch.tensor(float("nan"))
@@ -169,6 +174,7 @@ def reconstruct(
     *,
     steps: int = 200,
     lr: float = 1e-3,
+    weight_lr: float = 0.0,
     drop_prob: float = 0.5,
     blocks: Sequence[str] | None = None,
     max_layers: int = 4,
@@ -182,6 +188,8 @@ def reconstruct(
 
     Each block gets ``steps`` Adam steps (cosine-decayed ``lr``) on one recorded call at a time,
     so the total work is about that of ``steps`` full forward-backward passes. With
+    ``weight_lr > 0`` the block's weights and biases are fitted too (AdaQuant), at that many steps
+    of each layer's weight grid (as in :class:`~lightning_ptq.calib.module.CalibrationModule`). With
     ``checkpoint_dir``, the quantized model's state is saved after every block
     (``recon_state.pt``) and an interrupted run continues with the next block.
     Returns the final reconstruction loss per block.
@@ -190,12 +198,17 @@ def reconstruct(
         raise ValueError(f"drop_prob={drop_prob!r} must lie in [0, 1).")
     if steps < 1 or lr <= 0:
         raise ValueError(f"steps={steps!r} must be >= 1 and lr={lr!r} > 0.")
+    if weight_lr < 0:
+        raise ValueError(f"weight_lr={weight_lr!r} must be >= 0 (0: weights stay fixed).")
     batches = list(batches)
     if not batches:
         raise ValueError("reconstruct: the calibration set is empty.")
     blocks = list(blocks) if blocks is not None else find_blocks(qmodel, max_layers)
     order = _call_order(qmodel, blocks, batches[0], forward_fn)
 
+    # The float reference is the quantized model with its quantizers off; once blocks' weights are
+    # tuned that no longer is the float network, so then it is a copy taken before any fitting.
+    reference = copy.deepcopy(qmodel) if weight_lr > 0 else qmodel
     state_path = Path(checkpoint_dir) / "recon_state.pt" if checkpoint_dir else None
     losses: dict[str, float] = {}
     if state_path is not None and state_path.is_file():
@@ -205,7 +218,8 @@ def reconstruct(
 
     qmodel.eval()
     # Learnable is what the quantizers were built with (QuantConfig.learnable); fit one block's at a time.
-    block_params = {name: quantizer_parameters(qmodel.get_submodule(name)) for name in order}
+    block_groups = {name: [{"params": quantizer_parameters(qmodel.get_submodule(name)), "lr": lr},
+                           *weight_groups(qmodel.get_submodule(name), weight_lr)] for name in order}
     requires_grad = {p: p.requires_grad for p in qmodel.parameters()}
     qmodel.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
@@ -213,15 +227,16 @@ def reconstruct(
         for name in tqdm(order, desc="reconstructing blocks", disable=not progress, leave=False):
             if name in losses:
                 continue
-            for p in block_params[name]:
+            params = [p for group in block_groups[name] for p in group["params"]]
+            for p in params:
                 p.requires_grad_(True)
-            samples = _capture(qmodel, name, batches, forward_fn)
+            samples = _capture(qmodel, name, batches, forward_fn, reference)
             try:
-                losses[name] = _fit_block(qmodel.get_submodule(name), block_params[name], samples, steps, lr,
+                losses[name] = _fit_block(qmodel.get_submodule(name), block_groups[name], samples, steps,
                                           drop_prob, generator)
             except FloatingPointError as err:
                 raise FloatingPointError(f"block {name!r}: {err}") from err
-            for p in block_params[name]:
+            for p in params:
                 p.requires_grad_(False)
             if state_path is not None:
                 atomic_torch_save({"state_dict": qmodel.state_dict(), "losses": losses}, state_path)

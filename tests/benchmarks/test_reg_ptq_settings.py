@@ -35,7 +35,8 @@ def test_every_method_is_a_valid_configuration():
         QuantConfig.from_dict({**quant, "w_bits": 4, "a_bits": 4})
         merged = OmegaConf.merge(base, resolve_placeholders(calib, 1e-3, 0.5, "yolo"))  # unknown keys would fail (struct)
         check_calib_config(merged)
-        assert merged.weight_lr == (1e-3 if name.endswith("_w") else 0.0), name
+        assert merged.weight_lr == (1e-3 if name.endswith("_w") and merged.steps > 0 else 0.0), name
+        assert merged.recon.weight_lr == (1e-3 if name.endswith("_w") and merged.recon.steps > 0 else 0.0), name
         assert merged.features.weight == (0.5 if "_feat_" in name or "_fisher_" in name else 0.0), name
         assert merged.features.fisher == ("_fisher_" in name), name
         assert label, name

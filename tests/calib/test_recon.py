@@ -27,7 +27,9 @@ def _batches(n=4, size=64):
 
 
 def _block_error(fp, q, name, batches):
-    samples = _capture(q, name, batches, lambda m, b: m(b))
+    """Error of block ``name`` of ``q`` against the same block of ``fp`` (a model without BN, so
+    its modules are the float reference as they are), on the inputs ``q`` gives it."""
+    samples = _capture(q, name, batches, lambda m, b: m(b), reference=fp)
     with torch.no_grad():
         return sum((q.get_submodule(name)(*args) - out).pow(2).mean().item() for args, out in samples)
 
@@ -73,6 +75,44 @@ def test_reconstruction_lowers_block_and_output_error_and_keeps_weights():
     for n, p in q.named_parameters():
         if n in weights:
             torch.testing.assert_close(p, weights[n], msg=f"{n} changed: only quantizer parameters may")
+
+
+def test_reconstruction_with_weight_lr_moves_the_weights_and_fits_the_block_closer():
+    fp, batches = _convnet(), _batches(4, size=16)
+    errors = {}
+    for weight_lr in (0.0, 0.01):
+        q = _quantized(fp, batches, bits=2)
+        weights = {n: p.clone() for n, p in q.named_parameters() if n.endswith("weight")}
+        flags = {n: p.requires_grad for n, p in q.named_parameters()}
+        reconstruct(q, batches, steps=60, lr=3e-3, weight_lr=weight_lr, drop_prob=0.0, max_layers=2,
+                    progress=False, seed=0)
+        moved = [n for n, p in q.named_parameters() if n in weights and not torch.equal(p, weights[n])]
+        assert sorted(moved) == (sorted(weights) if weight_lr > 0 else []), moved
+        assert {n: p.requires_grad for n, p in q.named_parameters()} == flags  # restored afterwards
+        errors[weight_lr] = _block_error(fp, q, "0", batches)
+    assert errors[0.01] < 0.9 * errors[0.0]  # measured: 0.77x
+    for p in fp.parameters():  # the float model is untouched
+        assert p.grad is None
+
+
+def test_with_weight_tuning_every_block_is_fitted_to_the_untuned_float_network(monkeypatch):
+    """Once a block's weights are tuned, the quantized model with quantizers off is no longer the
+    float network; later blocks must still be fitted to the float network's outputs."""
+    import lightning_ptq.calib.recon as recon
+
+    fp, batches = _convnet(), _batches(2, size=16)
+    q = _quantized(fp, batches, bits=2)
+    with torch.no_grad():
+        expected = fp[1](fp[0](batches[0]))  # the float output of block "1" (no BN to fold here)
+    fit, targets = recon._fit_block, {}
+
+    def recording_fit(block, groups, samples, *args):
+        targets[next(n for n, m in q.named_children() if m is block)] = samples[0][1]
+        return fit(block, groups, samples, *args)
+
+    monkeypatch.setattr(recon, "_fit_block", recording_fit)
+    reconstruct(q, batches, steps=30, lr=3e-3, weight_lr=0.2, drop_prob=0.0, max_layers=2, progress=False)
+    torch.testing.assert_close(targets["1"], expected)
 
 
 def test_qdrop_bypasses_activation_quantization_while_fitting_only():
@@ -126,6 +166,7 @@ def test_interrupted_reconstruction_resumes_after_the_last_finished_block(tmp_pa
     ({"drop_prob": 1.0}, r"drop_prob=1.0 must lie in \[0, 1\)"),
     ({"steps": 0}, r"steps=0 must be >= 1"),
     ({"blocks": ["nothing.here"]}, r"nothing"),
+    ({"weight_lr": -0.1}, r"weight_lr=-0.1 must be >= 0"),
 ])
 def test_bad_settings(kwargs, match):
     fp, batches = _convnet(), _batches(1, size=16)
