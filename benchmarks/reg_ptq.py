@@ -81,6 +81,8 @@ METHODS = {
                    {"loss": "output_mse", "weight_lr": WEIGHT_LR, "features": FEATURES}),
     "laq_fgl_feat_w": ("LAQ + FGL + features + weights", LAQ_HEAD,
                        {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES}),
+    "recon_lsq_w": ("block recon + learned scales, output MSE, all + weights", {},
+                    {"loss": "output_mse", "weight_lr": WEIGHT_LR, "recon": {"steps": 200, "weight_lr": WEIGHT_LR}}),
     "laq_recon_fgl_w": ("LAQ + block recon + FGL, all + weights", LAQ_HEAD,
                         {"loss": "fgl", "weight_lr": WEIGHT_LR, "recon": {"steps": 200, "weight_lr": WEIGHT_LR}}),
     "laq_fgl_fisher_w": ("LAQ + FGL + Fisher-weighted features + weights", LAQ_HEAD,
