@@ -1,9 +1,11 @@
 """How much of a trained keypoint model's error is the soft-argmax pull toward the grid centre.
 
 The compensation operator removes one kind of error: the soft-argmax expectation pulled toward
-the centre of the grid (every cell keeps some probability). How much it can cut a model's NME is
-bounded by how much of that NME is such a pull. This script measures it for trained FP32 models
-(the same cached models as ``benchmarks/keypoints.py``), per variant, on the test split:
+the centre of the grid (every cell keeps some probability). Applied to a trained model after the
+fact, it can cut that model's NME by at most the part that is such a pull (trained with it, it
+also changes what the network learns, which this does not bound). This script measures the
+pull in trained FP32 models (the same cached models as ``benchmarks/keypoints.py``), per
+variant, on the test split:
 
 * ``shrink``: per axis, the least-squares slope of ``pred - c`` against ``true - c`` on the val
   split (``c`` the grid centre): 1 means no pull toward the centre, below 1 a pull.
