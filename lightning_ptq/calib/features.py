@@ -55,6 +55,7 @@ class FeatureMatching:
                               "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
         self.base, self.patterns, self.weight, self.fisher = base, list(modules), float(weight), bool(fisher)
         self.name = f"{getattr(base, 'name', 'loss')}+features"
+        self.names: list[str] = []  # the matched module names, set by attach
         self._handles: list = []
         self._teacher: dict[str, list[torch.Tensor]] = {}
         self._student: dict[str, list[torch.Tensor]] = {}
@@ -88,7 +89,7 @@ class FeatureMatching:
             s_feats, t_feats = self._student[name], self._teacher[name]
             if len(s_feats) != len(t_feats) or not s_feats:
                 raise RuntimeError(f"module {name!r} gave {len(s_feats)} student and {len(t_feats)} teacher "
-                                   f"outputs in this step; it must run once per forward in both.")
+                                   f"outputs in this step; both models must call it, and equally often.")
             pairs += zip(list(s_feats), list(t_feats))
             s_feats.clear()
             t_feats.clear()

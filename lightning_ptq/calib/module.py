@@ -70,7 +70,7 @@ class CalibrationModule(L.LightningModule):
             p.requires_grad_(False)
         for q in quantizers(self.student).values():
             q.enable_param_learning(True)
-        for group in self._weight_groups():
+        for group in weight_groups(self.student, self.weight_lr):
             for p in group["params"]:
                 p.requires_grad_(True)
 
@@ -119,14 +119,11 @@ class CalibrationModule(L.LightningModule):
         return (f"calibration loss is {loss.item()} at step {self.global_step} ({where}); {kept}. "
                 f"Lower calib.lr or check the calibration images.")
 
-    def _weight_groups(self) -> list[dict]:
-        return weight_groups(self.student, self.weight_lr)
-
     def configure_optimizers(self):
         params = quantizer_parameters(self.student)
         if not params:
             raise ValueError("the student has no learnable quantizer parameter (QuantConfig.learnable=False?).")
-        opt = torch.optim.Adam([{"params": params, "lr": self.lr}, *self._weight_groups()])
+        opt = torch.optim.Adam([{"params": params, "lr": self.lr}, *weight_groups(self.student, self.weight_lr)])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine_schedule(opt, self.max_steps), "interval": "step"}}
 
 

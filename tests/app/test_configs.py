@@ -76,6 +76,7 @@ def test_bad_quant_values(override, message):
         ("calib.recon.drop_prob=1.0", r"calib.recon.drop_prob=1.0 must lie in \[0, 1\)"),
         ("calib.recon.max_layers=0", r"calib.recon.max_layers=0 must be a positive integer"),
         ("calib.fgl.combine=both", r"calib.fgl: combine='both' is unknown: choose one of union, intersection"),
+        ("calib.recon.weight_lr=-0.01", r"calib.recon.weight_lr=-0.01 must be >= 0"),
         ("calib.features.weight=-1", r"calib.features.weight=-1 must be >= 0"),
         ("calib.features.weight=1", r"calib.features.modules is empty"),
     ],
