@@ -37,13 +37,11 @@ import matplotlib
 import torch
 from rich.console import Console
 
-from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
-from lightning_ptq.keypoints.job import keypoint_model_kwargs, load_keypoint_data_and_model
 from lightning_ptq.keypoints.metrics import axis_line_fit, nme
 from lightning_ptq.report import mean_and_spread
 
-from keypoints import VARIANTS, label  # noqa: E402  (benchmarks/ is the script's folder)
+from keypoints import VARIANTS, label, load_variant  # noqa: E402  (benchmarks/ is the script's folder)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -147,11 +145,7 @@ def main() -> None:
     console, runs, curves = Console(), [], {}
     for variant in args.variants:
         for seed in args.seeds:
-            cfg = compose_config(["+recipe=keypoint_w4a4", "logger=none", f"keypoint={VARIANTS[variant][1]}",
-                                  f"keypoint.grid={args.grid}", f"model.train.seed={seed}", *args.overrides])
-            if cfg.num_threads:
-                torch.set_num_threads(cfg.num_threads)
-            datamodule, model = load_keypoint_data_and_model(cfg, keypoint_model_kwargs(cfg))
+            cfg, datamodule, model = load_variant(variant, args.grid, seed, args.overrides)
             size = float(model.image_size)
             record, curve = measure(model, datamodule, size, model.stride)
             runs.append({"variant": variant, "beta": float(cfg.keypoint.beta), "grid": args.grid, "seed": seed,

@@ -119,11 +119,7 @@ def main() -> None:
     for grid in args.grids:
         for variant in args.variants:
             for seed in args.seeds:
-                cfg = compose_config(["+recipe=keypoint_w4a4", "logger=none", f"keypoint={VARIANTS[variant][1]}",
-                                      f"keypoint.grid={grid}", f"model.train.seed={seed}", *args.overrides])
-                if cfg.num_threads:
-                    torch.set_num_threads(cfg.num_threads)
-                datamodule, fp_model = load_keypoint_data_and_model(cfg, keypoint_model_kwargs(cfg))
+                cfg, datamodule, fp_model = load_variant(variant, grid, seed, args.overrides)
                 batches = calibration_batches(datamodule, cfg.calib.num_images)
                 models = {variant: fp_model}
                 if variant in INFER_COMP and (args.infer_comp or variant == "cosine"):
@@ -134,6 +130,17 @@ def main() -> None:
                 atomic_write_json({"runs": runs, "summary": summarise(runs), "overrides": args.overrides},
                                   out / "keypoints.json")  # progress so far
     write(out, runs, args.overrides, console)
+
+
+def load_variant(variant: str, grid: int, seed: int, overrides: list[str]):
+    """``(cfg, datamodule, FP model)`` of one variant, grid and training seed: the model is trained
+    on first use and cached (``benchmarks/keypoint_bias.py`` reads the same cache)."""
+    cfg = compose_config(["+recipe=keypoint_w4a4", "logger=none", f"keypoint={VARIANTS[variant][1]}",
+                          f"keypoint.grid={grid}", f"model.train.seed={seed}", *overrides])
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    datamodule, model = load_keypoint_data_and_model(cfg, keypoint_model_kwargs(cfg))
+    return cfg, datamodule, model
 
 
 def unique_runs(runs: list[dict]) -> list[dict]:
