@@ -81,6 +81,9 @@ class QuantConfig:
             learnable log-affine quantizer (:class:`~lightning_ptq.quant.laq.LogAffineQuantizer`)
             instead of the uniform one; its ranges come from its own search, not ``*_init``.
         laq_on: what LAQ quantizes in those layers: ``weights``, ``activations`` or ``both``.
+        laq_shift_exact: constrain LAQ's slope to ``k = 1/n`` (not learned), so that every level
+            is a power of two times a per-channel scale and an integer kernel multiplies by shifts;
+            ``False`` learns ``k`` freely (levels then need a float or look-up-table kernel).
     """
 
     w_bits: int = 4
@@ -100,6 +103,7 @@ class QuantConfig:
     act_samples: int = 1 << 18
     laq_patterns: tuple[str, ...] = ()
     laq_on: str = "both"
+    laq_shift_exact: bool = False
 
     def __post_init__(self) -> None:
         check_bits("w_bits", self.w_bits)

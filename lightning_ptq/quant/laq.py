@@ -13,7 +13,9 @@ so ``2^bits - 1`` codes in all. We write ``a = L - k * log2(s)``, so that the le
 
 ``s`` is the largest magnitude (the clipping point) and ``k`` the number of levels per octave.
 With ``k = 1`` every level is a power of two times ``s``: at deployment a multiplication becomes a
-bit shift times a per-channel scale. ``mu``, ``s`` and ``k`` are learnable on each side
+bit shift times a per-channel scale. ``shift_exact=True`` keeps that property for good: ``k`` is
+chosen among ``1, 1/2, 1/3, 1/4`` (levels ``s * 2^(n (j - L))``, ``n = 1/k``) and not learned, so
+every level stays a power of two times the per-channel ``s`` (:meth:`LogAffineQuantizer.shift_steps`). ``mu``, ``s`` and ``k`` are learnable on each side
 (straight-through estimator for the rounding) and initialised by a search that minimises the
 quantization error on calibration statistics.
 """
@@ -30,6 +32,8 @@ from .ste import round_ste
 _CLIP_RATIOS = torch.linspace(0.3, 1.0, 15)
 _OCTAVES = torch.tensor([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 14.0])
 _TINY = 1e-12
+# Shift-exact slopes k = 1/n: the levels of a side are s * 2^(n (j - L)).
+_SHIFT_STEPS = (1, 2, 3, 4)
 
 
 def _log_levels(d: torch.Tensor, log2_s: torch.Tensor, k: torch.Tensor, levels: int) -> torch.Tensor:
@@ -64,6 +68,8 @@ class LogAffineQuantizer(QuantizerBase):
         learn_k: also learn ``k``; ``False`` keeps the initial ``k`` (set ``init_k=1.0`` for pure
             powers of two).
         init_k: ``None`` searches ``k`` at initialisation; a number fixes it.
+        shift_exact: search ``k`` among ``1/n`` (``n`` in 1..4) and keep it fixed, so that every
+            level is ``s * 2^integer`` (products become shifts times a per-channel scale).
         (other arguments: see :class:`QuantizerBase`)
     """
 
@@ -75,15 +81,19 @@ class LogAffineQuantizer(QuantizerBase):
         learnable: bool = True,
         learn_k: bool = True,
         init_k: float | None = None,
+        shift_exact: bool = False,
         max_samples: int = 1 << 18,
     ) -> None:
         super().__init__(bits, channel_axis, num_channels, max_samples)
+        if shift_exact and init_k is not None:
+            raise ValueError("shift_exact=True chooses k itself (1/n); drop init_k.")
         self.levels = (1 << (bits - 1)) - 1
-        self.learn_k, self.init_k = learn_k, init_k
+        self.learn_k = learn_k and not shift_exact
+        self.init_k, self.shift_exact = init_k, shift_exact
         self.mu = nn.Parameter(torch.zeros(num_channels), requires_grad=learnable)
         # Index 0: the side above mu, index 1: the side below.
         self.log2_s = nn.Parameter(torch.zeros(2, num_channels), requires_grad=learnable)
-        self.log2_k = nn.Parameter(torch.zeros(2, num_channels), requires_grad=learnable and learn_k)
+        self.log2_k = nn.Parameter(torch.zeros(2, num_channels), requires_grad=learnable and self.learn_k)
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [self.mu, self.log2_s, self.log2_k] if self.learn_k else [self.mu, self.log2_s]
@@ -97,6 +107,16 @@ class LogAffineQuantizer(QuantizerBase):
         d_up = _log_levels(d, self.log2_s[0].reshape(shape), k[0].reshape(shape), self.levels)
         d_down = _log_levels(d, self.log2_s[1].reshape(shape), k[1].reshape(shape), self.levels)
         return mu + torch.where(above, d_up, -d_down)
+
+    @torch.no_grad()
+    def shift_steps(self, tol: float = 1e-4) -> torch.Tensor | None:
+        """``n = 1/k`` per side and channel (``[2, C]`` int64) when every ``1/k`` is a whole number,
+        i.e. every level is ``s * 2^(n (j - L))``; ``None`` otherwise."""
+        n = torch.exp2(-self.log2_k.detach().double())
+        whole = torch.round(n)
+        if ((n - whole).abs() > tol).any() or (whole < 1).any():
+            return None
+        return whole.to(torch.int64)
 
     def _side_params(self, below: torch.Tensor, shape: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``log2_s`` and ``k`` of the side each element is on (``below``: under ``mu``)."""
@@ -141,7 +161,10 @@ class LogAffineQuantizer(QuantizerBase):
         distance 0 is quantized exactly).
         """
         top = dist.amax(dim=1).clamp_min(1e-8)
-        ks = self.levels / _OCTAVES if self.init_k is None else torch.tensor([float(self.init_k)])
+        if self.shift_exact:
+            ks = 1.0 / torch.tensor(_SHIFT_STEPS, dtype=torch.float32)
+        else:
+            ks = self.levels / _OCTAVES if self.init_k is None else torch.tensor([float(self.init_k)])
         best_err = torch.full_like(top, float("inf"))
         best_s, best_k = top.log2(), torch.zeros_like(top)
         for k in ks.tolist():
@@ -158,4 +181,5 @@ class LogAffineQuantizer(QuantizerBase):
         return best_s, best_k
 
     def extra_repr(self) -> str:
-        return f"log-affine, levels/side={self.levels}, learn_k={self.learn_k}, {self._state_repr()}"
+        return (f"log-affine, levels/side={self.levels}, learn_k={self.learn_k}, shift_exact={self.shift_exact}, "
+                f"{self._state_repr()}")

@@ -42,7 +42,7 @@ class QuantLayerMixin:
         w_args = dict(channel_axis=0 if per_channel else None, num_channels=module.weight.shape[0] if per_channel else 1,
                       learnable=cfg.learnable)
         new.weight_quant = (
-            LogAffineQuantizer(w_bits, **w_args) if laq_weights
+            LogAffineQuantizer(w_bits, shift_exact=cfg.laq_shift_exact, **w_args) if laq_weights
             else FakeQuantizer(w_bits, symmetric=True, init=cfg.w_init, percentile=cfg.percentile, **w_args)
         )
         a_per_channel = cfg.a_granularity == "per_channel"
@@ -50,7 +50,7 @@ class QuantLayerMixin:
         a_args = dict(channel_axis=1 if a_per_channel else None, num_channels=in_channels if a_per_channel else 1,
                       learnable=cfg.learnable, max_samples=cfg.act_samples)
         new.input_quant = (
-            LogAffineQuantizer(a_bits, **a_args) if laq_inputs
+            LogAffineQuantizer(a_bits, shift_exact=cfg.laq_shift_exact, **a_args) if laq_inputs
             else FakeQuantizer(a_bits, symmetric=False, init=cfg.a_init, percentile=cfg.percentile, **a_args)
         )
         new.to(module.weight.device)

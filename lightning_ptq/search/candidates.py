@@ -64,7 +64,7 @@ def build_quantizer(old: QuantizerBase, method: str, bits: int, rows: torch.Tens
     common = dict(channel_axis=old.channel_axis, num_channels=old.num_channels, learnable=False,
                   max_samples=old.max_samples)
     if isinstance(old, LogAffineQuantizer):
-        new = LogAffineQuantizer(bits, **common).to(rows.device)
+        new = LogAffineQuantizer(bits, shift_exact=old.shift_exact, **common).to(rows.device)
         new.init_from_rows(rows)
         return new
     new = FakeQuantizer(bits, old.symmetric, init=old.init, percentile=old.percentile, **common).to(rows.device)
