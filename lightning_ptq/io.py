@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
-def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,11 +33,11 @@ def atomic_write_json(obj, path: str | Path) -> Path:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def resume_checkpoint(dirpath: str | Path, **when) -> ModelCheckpoint:
