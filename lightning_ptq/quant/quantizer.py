@@ -20,6 +20,8 @@ from torch import nn
 from .ranges import init_range
 from .ste import fake_quantize, qrange
 
+MIN_STEP = 1e-12  # floor of a grid step, so that x / step stays finite
+
 
 class NonFiniteObservationError(FloatingPointError):
     """NaN or inf reached a quantizer while it was observing ranges (``.quantizer`` is the one)."""
@@ -209,9 +211,15 @@ class FakeQuantizer(QuantizerBase):
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [self.scale] if self.symmetric else [self.scale, self.zero_point]
 
+    def step(self) -> torch.Tensor:
+        """The grid step, ``|scale|`` (at least ``MIN_STEP``): a learned scale can cross zero while
+        calibrating, and its sign means nothing (a negative one would mirror the clipping range,
+        which no integer runtime represents)."""
+        return self.scale.abs().clamp_min(MIN_STEP)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(
-            x, self.scale, self.zero_point, self.q_min, self.q_max, self.channel_axis,
+            x, self.step(), self.zero_point, self.q_min, self.q_max, self.channel_axis,
             lsq_grad=self.scale.requires_grad,
         )
 
@@ -221,13 +229,13 @@ class FakeQuantizer(QuantizerBase):
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         shape = self._param_shape(x)
-        q = torch.round(x / self.scale.reshape(shape)) + self._integer_zero_point(shape)
+        q = torch.round(x / self.step().reshape(shape)) + self._integer_zero_point(shape)
         return (q.clamp(self.q_min, self.q_max) - self.q_min).to(torch.int64)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         shape = self._param_shape(codes)
-        return (codes.float() + self.q_min - self._integer_zero_point(shape)) * self.scale.reshape(shape)
+        return (codes.float() + self.q_min - self._integer_zero_point(shape)) * self.step().reshape(shape)
 
     def extra_repr(self) -> str:
         return f"{'symmetric' if self.symmetric else 'asymmetric'}, init={self.init}, {self._state_repr()}"
