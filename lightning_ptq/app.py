@@ -34,9 +34,11 @@ from .models import (
 from .classify import ClassFoldersMismatchError, SplitFolderNotFoundError, TinyResNet
 from .classify.job import run_classification
 from .data import detection_collate
+from .export import ExportError
+from .export.deploy import check_export_config
 from .pipeline import (
-    calibration_batches, check_calib_config, check_loss_family, log_to_wandb, quantize_and_calibrate, run_results,
-    save_run,
+    calibration_batches, check_calib_config, check_loss_family, deploy_and_save, log_to_wandb, print_deploy_table,
+    quantize_and_calibrate, run_results, save_run,
 )
 from .quant import ConfigError, LayerPatternError, QuantConfig
 from .report import plot_detections, results_table, table_rows
@@ -53,6 +55,7 @@ USER_ERRORS = (
     MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
     CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
     NonFiniteLogitsError, PoolTooSmallError, LayerParamsError, SplitFolderNotFoundError, ClassFoldersMismatchError,
+    ExportError,
 )
 
 
@@ -78,6 +81,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))  # validate first
     check_calib_config(cfg.calib)
+    check_export_config(cfg.get("export"))
     is_keypoint = cfg.model.name == KeypointNet.family
     task = "keypoint" if is_keypoint else "classifier" if cfg.model.name == TinyResNet.family else "detector"
     check_loss_family(cfg.calib.loss, task)
@@ -127,7 +131,10 @@ def run_detection(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger=None
     results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
     results["retention"] = float(quant["map"] / fp["map"]) if fp["map"] > 0 else 0.0
     save_run(run_dir, qmodel, results)
+    results |= deploy_and_save(cfg, fp_model, qmodel, batches, run_dir, results,
+                               lambda m: evaluate_detections(m, test, **eval_kwargs(cfg)))
     Console().print(results_table(results))
+    print_deploy_table(results, "map", "mAP@[.5:.95]")
     if cfg.get("search"):
         Console().print(search_summary_table(results, "mAP"))
 

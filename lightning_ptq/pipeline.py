@@ -6,12 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
 from .export import export_packed, float_size_bytes, packed_size_bytes
+from .export.deploy import deploy
 from .io import atomic_torch_save, atomic_write_json
 from .quant import ConfigError, QuantConfig, quantize
+from .report import deploy_table
 from .search.params import apply_layer_params
 
 LOSSES = ("output_mse", "fgl", "keypoint_distill")
@@ -98,9 +102,13 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
                            logger=None, checkpoint_dir: Path | None = None):
     """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds).
     With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
-    bits and ranges instead."""
+    bits and ranges instead; with ``calib.quantized_state`` (a run's ``quantized_state_dict.pt``)
+    the saved calibrated model is loaded, e.g. to export a finished run without recalibrating."""
     qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
     start = time.perf_counter()
+    if calib.get("quantized_state"):
+        load_quantized_state(qmodel, calib.quantized_state)
+        return qmodel, time.perf_counter() - start
     if calib.get("layer_params"):
         apply_layer_params(qmodel, calib.layer_params, strict=True)
         return qmodel, time.perf_counter() - start
@@ -113,6 +121,21 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
                             accelerator=trainer.accelerator, devices=trainer.devices),
     )
     return qmodel, time.perf_counter() - start
+
+
+def load_quantized_state(qmodel, path: str | Path) -> None:
+    """Load a saved calibrated state (``quantized_state_dict.pt``) into ``qmodel``, quantized with
+    the same settings; a missing file or one of other settings is a ConfigError naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"calib.quantized_state={str(path)!r} does not exist: give a run's quantized_state_dict.pt.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        qmodel.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"calib.quantized_state={str(path)!r} does not fit this model ({str(err).splitlines()[0]}): use the model "
+            f"and quant settings of the run that wrote it (its .hydra/config.yaml).") from None
 
 
 def run_results(fp_model, qmodel, qcfg: QuantConfig, fp: dict, quant: dict, batches: list,
@@ -133,6 +156,21 @@ def save_run(run_dir: Path, qmodel, results: dict) -> None:
     atomic_torch_save(qmodel.state_dict(), run_dir / "quantized_state_dict.pt")
     atomic_torch_save(export_packed(qmodel), run_dir / "packed.pt")
     atomic_write_json(results, run_dir / "results.json")
+
+
+def deploy_and_save(cfg: DictConfig, fp_model, qmodel, batches: list, run_dir: Path, results: dict, evaluate) -> dict:
+    """The ``export`` step (:func:`lightning_ptq.export.deploy.deploy`) on the calibration
+    images; its numbers are added to ``results.json`` (rewritten atomically) and returned."""
+    deployed = deploy(cfg.get("export"), fp_model, qmodel, [b[0] for b in batches], run_dir, evaluate)
+    if deployed:
+        atomic_write_json(results | deployed, run_dir / "results.json")
+    return deployed
+
+
+def print_deploy_table(results: dict, metric: str, label: str) -> None:
+    table = deploy_table(results, metric, label)
+    if table is not None:
+        Console().print(table)
 
 
 def log_to_wandb(logger, results: dict, table: tuple[list[str], list[list]], image: Path | None, image_key: str,

@@ -50,6 +50,28 @@ def table_rows(results: dict) -> tuple[list[str], list[list]]:
     return comparison_rows(results, TABLE_ROWS)
 
 
+DEPLOYED = (("onnx", "onnxruntime"), ("openvino", "OpenVINO"), ("integer", "integer executor"))
+
+
+def deploy_table(results: dict, metric: str, label: str) -> Table | None:
+    """The exported model in each runtime against the simulation (``quant.<metric>``): the metric,
+    its difference, the largest output difference, images/s and the speed-up over the same
+    runtime's FP32; ``None`` when nothing was exported."""
+    present = [(p, name) for p, name in DEPLOYED if f"{p}.{metric}" in results]
+    if not present:
+        return None
+    table = Table(title=f"deployed vs simulation ({label}: {results[f'quant.{metric}']:.4f} simulated)")
+    for col in ("runtime", label, "Δ vs sim", "max |Δ output|", "images/s", "× its FP32"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for prefix, name in present:
+        speedup = results.get(f"{prefix}.speedup")
+        table.add_row(name, f"{results[f'{prefix}.{metric}']:.4f}",
+                      f"{results[f'{prefix}.{metric}'] - results[f'quant.{metric}']:+.4f}",
+                      f"{results[f'{prefix}.max_abs_diff']:.3g}", f"{results[f'{prefix}.images_per_s']:.0f}",
+                      "" if speedup is None else f"{speedup:.2f}x")
+    return table
+
+
 def mean_and_spread(runs: list[dict], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict]:
     """Benchmark runs grouped by the keys ``by`` (in first-seen order): per group its keys, the run
     count ``n`` and, per metric, the mean and the sample standard deviation (``<metric>_std``; 0

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch.utils.data import default_collate
 
-from ..pipeline import log_to_wandb, quantize_and_calibrate, run_results, save_run
+from ..pipeline import deploy_and_save, log_to_wandb, print_deploy_table, quantize_and_calibrate, run_results, save_run
 from ..quant import QuantConfig
 from ..report import comparison_rows, comparison_table
 from ..search import StagedEvaluator
@@ -68,9 +68,12 @@ def run_classification(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, logger
     results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
     results["retention"] = quant["acc"] / fp["acc"] if fp["acc"] > 0 else 0.0
     save_run(run_dir, qmodel, results)
+    results |= deploy_and_save(cfg, fp_model, qmodel, batches, run_dir, results,
+                               lambda m: {"acc": evaluate_accuracy(m, test)})
     Console().print(comparison_table(results, CLASSIFIER_ROWS, "lightning_ptq classifier", (
         f"retention (quant / FP accuracy) {results['retention']:.1%} | calibration {calib_seconds:.1f} s | "
         f"size ratio {results['size_ratio']:.1f}x")))
+    print_deploy_table(results, "acc", "top-1 accuracy")
     if search_numbers:
         Console().print(search_summary_table(results, "top-1 accuracy"))
     if logger is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -97,7 +98,7 @@ def output_names(outputs) -> list[str]:
     return names if len(set(names)) == len(names) else [f"output_{i}" for i in range(len(names))]
 
 
-def check_exportable(qmodel: nn.Module, opset: int) -> dict[str, QuantLayerMixin]:
+def check_exportable(qmodel: nn.Module, opset: int, int4_types: bool = True) -> dict[str, QuantLayerMixin]:
     """The quantized layers of ``qmodel``; :class:`ExportError` for an uncalibrated model, a layer
     or quantizer kind the exporter has no handler for, or bits the opset cannot carry."""
     if not isinstance(opset, int) or opset < MIN_OPSET:
@@ -124,10 +125,11 @@ def check_exportable(qmodel: nn.Module, opset: int) -> dict[str, QuantLayerMixin
                     f"layer {name!r} was never calibrated (its {side} quantizer has no range): run "
                     f"lightning_ptq.calibrate(fp_model, qmodel, batches) or load a calibrated state_dict before "
                     f"exporting.")
-            if q.is_active and q.bits == 4 and opset < INT4_OPSET:
+            if q.is_active and q.bits == 4 and opset < INT4_OPSET and int4_types:
                 raise ExportError(
                     f"layer {name!r} has 4-bit {side}s, and opset={opset} has no int4 / uint4 types (they exist "
-                    f"from opset {INT4_OPSET}): export with opset={INT4_OPSET}.")
+                    f"from opset {INT4_OPSET}): export with opset={INT4_OPSET}, or int4_types=False (4-bit codes in 8-bit "
+                    f"types with a Clip).")
     return layers
 
 
@@ -158,6 +160,7 @@ def _failing_module(err: BaseException, model: nn.Module) -> str | None:
 
 
 def _trace(model: nn.Module, example_input: torch.Tensor, opset: int, names: list[str], dynamic_batch: bool):
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated constant
     dims = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     try:
         program = torch.onnx.export(model, (example_input,), None, dynamo=True, opset_version=opset, verbose=False,
@@ -194,7 +197,7 @@ def _compute_nodes(weight: str, consumers: dict[str, list]) -> list:
     return found
 
 
-def insert_qdq(model_proto, layers: dict[str, QuantLayerMixin], opset: int) -> list[LayerExport]:
+def insert_qdq(model_proto, layers: dict[str, QuantLayerMixin], opset: int, int4_types: bool = True) -> list[LayerExport]:
     """Rewrite the float graph in place: per quantized layer its weight codes and DQ, its input's Q/DQ."""
     from .qdq import INPUT_HANDLERS, WEIGHT_HANDLERS, GraphEdit
 
@@ -215,7 +218,7 @@ def insert_qdq(model_proto, layers: dict[str, QuantLayerMixin], opset: int) -> l
                             layer.weight_quant.bits if layer.weight_quant.is_active else None,
                             layer.input_quant.bits if layer.input_quant.is_active else None)
         if layer.weight_quant.is_active:
-            edit = GraphEdit()
+            edit = GraphEdit(int4_types)
             how = WEIGHT_HANDLERS[type(layer.weight_quant)](layer.weight_quant, layer.weight, name, weight, opset, edit)
             if how is None:
                 entry.weight = f"log-affine {layer.weight_quant.bits}-bit, float values (k not shift-exact)"
@@ -226,7 +229,7 @@ def insert_qdq(model_proto, layers: dict[str, QuantLayerMixin], opset: int) -> l
                 new_inits += edit.initializers
         if layer.input_quant.is_active:
             for i, node in enumerate(nodes):
-                edit = GraphEdit()
+                edit = GraphEdit(int4_types)
                 suffix = "" if i == 0 else f".{i}"
                 out = f"{name}.input_dequantized{suffix}"
                 entry.input = INPUT_HANDLERS[type(layer.input_quant)](
@@ -271,7 +274,7 @@ def check_writable(path: str | Path) -> Path:
 
 
 def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = INT4_OPSET,
-            dynamic_batch: bool = True) -> ExportReport:
+            dynamic_batch: bool = True, int4_types: bool = True) -> ExportReport:
     """Export the calibrated ``qmodel`` to ``path`` as an ONNX QDQ graph (see the module docstring).
 
     Args:
@@ -281,6 +284,10 @@ def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, op
             model's outputs in order (dict keys as names).
         path: the ``.onnx`` file, written atomically (a single file, weights inside).
         opset: ONNX opset, >= 13; 4-bit codes need 21 (int4 / uint4).
+        int4_types: ``False`` writes 4-bit codes in int8 / uint8 with a ``Clip`` to the 4-bit range
+            (QCDQ): the same numbers, for a runtime without int4 / uint4 support (OpenVINO
+            2026.4 crashes compiling a uint4 QuantizeLinear that follows a Concat), at twice the
+            weight bytes. Opset 13 then carries 4-bit layers too.
 
     Returns an :class:`ExportReport` (one entry per quantized layer: how its weight and input
     went in). Raises :class:`~lightning_ptq.export.qdq.ExportError` with the reason and the fix.
@@ -289,15 +296,32 @@ def to_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, op
     import onnx  # noqa: PLC0415 (optional dependency, checked above)
 
     path = check_writable(path)
-    layers = check_exportable(qmodel, opset)
+    layers = check_exportable(qmodel, opset, int4_types)
     twin = float_twin(qmodel)
     with torch.no_grad():
         names = output_names(twin(example_input))
     model_proto = _trace(twin, example_input, opset, names, dynamic_batch)
-    layers_report = insert_qdq(model_proto, layers, opset)
+    layers_report = insert_qdq(model_proto, layers, opset, int4_types)
     model_proto.producer_name = "lightning_ptq"
     onnx.checker.check_model(model_proto, full_check=True)
     atomic_write(path, lambda tmp: onnx.save(model_proto, tmp))
     return ExportReport(str(path), opset, layers_report, _float_op_counts(model_proto, layers_report))
 
 
+
+
+def to_onnx_float(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = INT4_OPSET,
+                  dynamic_batch: bool = True) -> Path:
+    """Export a float model as :func:`to_onnx` exports a quantized one (same exporter, input and
+    output names), to compare the quantized graph with: the FP32 baseline of a runtime."""
+    require("onnx", "onnxscript")
+    import onnx  # noqa: PLC0415 (optional dependency, checked above)
+
+    path = check_writable(path)
+    model = model.eval()
+    with torch.no_grad():
+        names = output_names(model(example_input))
+    model_proto = _trace(model, example_input, opset, names, dynamic_batch)
+    onnx.checker.check_model(model_proto, full_check=True)
+    atomic_write(path, lambda tmp: onnx.save(model_proto, tmp))
+    return path

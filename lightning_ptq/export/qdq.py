@@ -31,8 +31,10 @@ from .errors import INT4_OPSET, ExportError
 
 @dataclass
 class GraphEdit:
-    """Nodes and initializers that one layer adds to the graph."""
+    """Nodes and initializers that one layer adds to the graph; ``int4_types``: 4-bit codes as
+    int4 / uint4 (else in int8 / uint8, see :func:`code_type`)."""
 
+    int4_types: bool = True
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
 
@@ -46,8 +48,12 @@ class GraphEdit:
         return output
 
 
-def code_type(bits: int, signed: bool, opset: int) -> tuple[int, bool]:
-    """ONNX element type carrying ``bits``-wide codes, and whether a ``Clip`` must bound them."""
+def code_type(bits: int, signed: bool, opset: int, int4_types: bool = True) -> tuple[int, bool]:
+    """ONNX element type carrying ``bits``-wide codes, and whether a ``Clip`` must bound them.
+    ``int4_types=False`` puts 4-bit codes in the 8-bit types with the ``Clip`` (same numbers, for
+    runtimes that lack int4 / uint4 or mishandle them)."""
+    if bits == 4 and not int4_types:
+        return (TensorProto.INT8 if signed else TensorProto.UINT8), True
     if bits == 4 and opset >= INT4_OPSET:
         return (TensorProto.INT4 if signed else TensorProto.UINT4), False
     if bits == 4:
@@ -71,16 +77,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
 # -- weights ------------------------------------------------------------------------------------
 def uniform_weight(q: FakeQuantizer, weight: torch.Tensor, name: str, out: str, opset: int, edit: GraphEdit) -> str:
     """Integer codes + ``DequantizeLinear`` producing ``out``."""
-    dtype, _ = code_type(q.bits, True, opset)
+    dtype, _ = code_type(q.bits, True, opset, edit.int4_types)  # weight codes are in range: no Clip
     codes = (q.codes(weight.detach()) + q.q_min).cpu().numpy()
-    scale = q.scale.detach().cpu().float().numpy()
+    scale = q.step().detach().cpu().float().numpy()
     attrs = {"axis": q.channel_axis} if q.channel_axis is not None else {}
     if q.channel_axis is None:
         scale = scale.reshape(())
     inputs = [edit.const(f"{name}.weight_codes", codes, dtype), edit.const(f"{name}.weight_scale", scale),
               edit.const(f"{name}.weight_zero_point", np.zeros(scale.shape, np.int64), dtype)]
     edit.node("DequantizeLinear", inputs, out, **attrs)
-    return f"int{q.bits} codes, DequantizeLinear per {'tensor' if q.channel_axis is None else 'channel'}"
+    kind = f"int{q.bits} codes" if dtype != TensorProto.INT8 or q.bits == 8 else f"{q.bits}-bit codes in int8"
+    return f"{kind}, DequantizeLinear per {'tensor' if q.channel_axis is None else 'channel'}"
 
 
 def laq_weight(q: LogAffineQuantizer, weight: torch.Tensor, name: str, out: str, opset: int,
@@ -115,8 +122,8 @@ def laq_weight(q: LogAffineQuantizer, weight: torch.Tensor, name: str, out: str,
 # -- layer inputs -------------------------------------------------------------------------------
 def uniform_input(q: FakeQuantizer, x: str, name: str, out: str, opset: int, edit: GraphEdit) -> str:
     """``QuantizeLinear`` (-> ``Clip``) -> ``DequantizeLinear`` from ``x`` to ``out``."""
-    dtype, clip = code_type(q.bits, False, opset)
-    scale = q.scale.detach().cpu().float().numpy()
+    dtype, clip = code_type(q.bits, False, opset, edit.int4_types)
+    scale = q.step().detach().cpu().float().numpy()
     zero = torch.round(q.zero_point.detach()).clamp(q.q_min, q.q_max).cpu().numpy().astype(np.int64)
     attrs = {}
     if q.channel_axis is None:
@@ -131,7 +138,7 @@ def uniform_input(q: FakeQuantizer, x: str, name: str, out: str, opset: int, edi
                   for k, v in (("min", q.q_min), ("max", q.q_max)))
         codes = edit.node("Clip", [codes, lo, hi], f"{name}.input_codes_clipped")
     edit.node("DequantizeLinear", [codes, s, z], out, **attrs)
-    kind = f"uint{q.bits}" if not clip else f"uint{q.bits} in uint8 + Clip"
+    kind = f"uint{q.bits}" if not clip else f"{q.bits}-bit codes in uint8 + Clip"
     return f"{kind} QuantizeLinear/DequantizeLinear per {'tensor' if q.channel_axis is None else 'channel'}"
 
 

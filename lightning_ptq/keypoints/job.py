@@ -13,7 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ..pipeline import calibration_batches, log_to_wandb, quantize_and_calibrate, run_results, save_run
+from ..pipeline import (
+    calibration_batches, deploy_and_save, log_to_wandb, print_deploy_table, quantize_and_calibrate, run_results, save_run,
+)
 from ..quant import QuantConfig
 from ..quant.config import ConfigError
 from .model import check_keypoint_settings
@@ -70,7 +72,10 @@ def run_keypoints(cfg: DictConfig, run_dir: Path, qcfg: QuantConfig, kwargs: dic
         **{f"keypoint.{k}": v for k, v in OmegaConf.to_container(cfg.keypoint, resolve=True).items()},
     }
     save_run(run_dir, qmodel, results)
+    results |= deploy_and_save(cfg, fp_model, qmodel, batches, run_dir, results,
+                               lambda m: evaluate_keypoints(m, datamodule.test_dataloader(), **evaluate))
     Console().print(keypoint_results_table(results))
+    print_deploy_table(results, "nme", "NME")
 
     vis = _keypoints_figure(fp_model, qmodel, datamodule, cfg.eval.num_vis_images, run_dir,
                             f"W{qcfg.w_bits}A{qcfg.a_bits}")
