@@ -64,3 +64,24 @@ def test_fixed_k_is_not_learned():
     laq.init_from(_laplace(1))
     assert all(p is not laq.log2_k for p in laq.learnable_parameters()) and not laq.log2_k.requires_grad
     torch.testing.assert_close(laq.log2_k, torch.zeros(2, 1))
+
+
+def test_shift_exact_levels_are_powers_of_two_times_a_scale():
+    x = _laplace(4)
+    laq = LogAffineQuantizer(4, channel_axis=0, num_channels=4, shift_exact=True)
+    laq.init_from(x)
+    steps = laq.shift_steps()
+    assert steps is not None and steps.shape == (2, 4) and steps.min() >= 1 and steps.max() <= 4
+    assert all(p is not laq.log2_k for p in laq.learnable_parameters()) and not laq.log2_k.requires_grad
+    # Every quantized value is mu +- s_side * 2^(n (j - L)) with a whole exponent.
+    out = laq(x)
+    d = (out - laq.mu[:, None]).abs()
+    below = out < laq.mu[:, None]
+    log2_s = torch.where(below, laq.log2_s[1][:, None], laq.log2_s[0][:, None])
+    exponent = torch.log2(d[d > 0]) - log2_s[d > 0]
+    assert torch.allclose(exponent, exponent.round(), atol=1e-4)
+
+
+def test_shift_exact_and_a_fixed_k_exclude_each_other():
+    with pytest.raises(ValueError, match=r"shift_exact=True chooses k itself \(1/n\); drop init_k"):
+        LogAffineQuantizer(4, init_k=1.0, shift_exact=True)
