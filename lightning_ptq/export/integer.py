@@ -12,7 +12,8 @@ Integer, per integer layer:
 * the input codes ``q_x = clamp(round(x / s_x) + zp_x)``, computed by the input quantizer's own
   ``codes()`` (the simulation's rounding, so the codes are the simulation's codes); a conv pads
   with the zero-point code (padded value = real 0);
-* the weight codes (symmetric, zero point 0, one scale ``s_w[c]`` per output channel);
+* the weight codes (symmetric, zero point 0, one step ``s_w[c]`` per output channel: the
+  quantizer's ``step()``, ``|scale|``, as in the simulation);
 * the products and their sum, in int32: int8 operands (input codes shifted to int8 by -128, the
   correction ``(128 - zp_x) * sum(w[c])`` folded into the bias) through ``torch._int_mm``
   (int8 x int8 -> int32) for plain convs / linears on CPU (and on CUDA where its shape rules
@@ -32,7 +33,7 @@ Integer, per integer layer:
   ``mu * sum_k x_k`` plus, per side, a sum of the input codes shifted by the level's exponent
   (terms of one exponent are summed first, then shifted once, at ``F`` fractional bits as the
   int32 range allows; ``1``-masks through the same int8 matmul). Each of these sums gets its own
-  fixed-point multiplier onto a common integer grid ``2^-12`` times finer than the output grid,
+  fixed-point multiplier onto a common integer grid up to ``2^12`` times finer than the output grid,
   they are added with the bias there, and one rounding shift gives the int16 output.
 
 Float, as in the simulation:
@@ -98,6 +99,18 @@ def group_matmul(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return out.permute(1, 0, 2).reshape(n, -1)
 
 
+def _step(q: FakeQuantizer) -> torch.Tensor:
+    """The grid step the simulation uses: ``step()`` (``|scale|``, floored) where the quantizer has it."""
+    return (q.step() if hasattr(q, "step") else q.scale).detach()
+
+
+def _bias(layer: nn.Module) -> torch.Tensor:
+    """The layer's float bias in float64 (zeros without one)."""
+    if layer.bias is None:
+        return torch.zeros(layer.weight.shape[0], dtype=torch.float64, device=layer.weight.device)
+    return layer.bias.detach().double()
+
+
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
@@ -131,7 +144,7 @@ class IntegerLayer(nn.Module):
         zp = torch.round(iq.zero_point.detach()).clamp(iq.q_min, iq.q_max)
         self.zp_code = int(zp.reshape(-1)[0].item()) - iq.q_min  # the code of real 0
         self.a_max = max(self.zp_code, (1 << iq.bits) - 1 - self.zp_code)  # largest |code - zp|
-        self.in_scale = float(iq.scale.detach().reshape(-1)[0].double().item())
+        self.in_scale = float(_step(iq).reshape(-1)[0].double().item())
         self.register_buffer("out_scale", torch.tensor(float(out_scale)))
         self.w_bits, self.a_bits = layer.weight_quant.bits, iq.bits
 
@@ -192,15 +205,17 @@ class IntegerUniformLayer(IntegerLayer):
         w_zp = torch.round(wq.zero_point.detach()).clamp(wq.q_min, wq.q_max)
         shape = wq._param_shape(w)
         q_w = wq.codes(w) + wq.q_min - w_zp.reshape(shape).to(torch.int64)  # signed integer weights
-        s_w = wq.scale.detach().double().reshape(-1).expand(self.out_features) if wq.channel_axis is None \
-            else wq.scale.detach().double().reshape(-1)
+        s_w = _step(wq).double().reshape(-1)
+        s_w = s_w.expand(self.out_features) if wq.channel_axis is None else s_w
         rows = self._group_rows(q_w)
         # int8 operands, and the int32 sum of (q - 128) * w cannot overflow
         int8 = bool(rows.min() >= -128 and rows.max() <= 127) and rows.shape[-1] * 128 * 128 < INT32_MAX
         self.register_buffer("w_t", rows.transpose(1, 2).contiguous().to(torch.int8 if int8 else torch.int64))
         w_sum = q_w.reshape(self.out_features, -1).sum(1)
-        bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(self.out_features, dtype=torch.float64)
+        bias = _bias(layer)
         acc_unit = self.in_scale * s_w  # value of one accumulator step, per channel
+        if not ((acc_unit > 0) & torch.isfinite(acc_unit)).all():
+            raise _Unsupported("zero or non-finite quantizer step")
         real_m = acc_unit / out_scale
         # Finer accumulator grid where the output grid is finer than it: M / 2^P <= 1/4.
         p = (torch.ceil(torch.log2(real_m)) + 2).clamp(min=0)
@@ -238,7 +253,8 @@ class IntegerShiftLayer(IntegerLayer):
         cout, levels = self.out_features, wq.levels
 
         def per_channel(t: torch.Tensor) -> torch.Tensor:  # [..., C or 1] -> [..., cout]
-            return t.detach().double().expand(*t.shape[:-1], cout) if t.shape[-1] == 1 and cout != 1 else t.detach().double()
+            t = t.detach().double()
+            return t.expand(*t.shape[:-1], cout) if t.shape[-1] == 1 and cout != 1 else t
 
         mu = per_channel(wq.mu)
         log2_s = per_channel(wq.log2_s)  # [2, cout]: above mu, below mu
@@ -274,13 +290,16 @@ class IntegerShiftLayer(IntegerLayer):
             masks.append(both.reshape(self.groups, -1, k_group).transpose(1, 2).to(torch.int8).contiguous())
             counts.append(torch.stack([up.sum(1), down.sum(1)]))  # [2, cout]
         self.ms = ms
-        self.register_buffer("masks", torch.stack(masks) if masks else torch.zeros(0, self.groups, k_group, 0, dtype=torch.int8))
+        empty = torch.zeros(0, self.groups, k_group, 0, dtype=torch.int8)
+        self.register_buffer("masks", torch.stack(masks) if masks else empty)
         self.register_buffer("counts", torch.stack(counts) if counts else torch.zeros(0, 2, cout, dtype=torch.int64))
         self.register_buffer("ones", torch.ones(self.groups, k_group, 1, dtype=torch.int8))
 
         # Fixed-point multipliers onto the common grid u = s_out / 2^G.
-        bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(cout, dtype=torch.float64)
+        bias = _bias(layer)
         s_x = self.in_scale
+        if not s_x > 0:
+            raise _Unsupported("non-positive input scale")
         side_unit = s_x * torch.exp2(log2_s - torch.stack(frac_bits).double())  # value of one T step, [2, cout]
         bound_steps = (k_group * self.a_max * s_x * mu.abs() + _HEADROOM_LIMIT * side_unit.sum(0)
                        + bias.abs()) / out_scale  # worst case |term| in output steps, summed
@@ -392,9 +411,10 @@ def _float_reason(layer: QuantLayerMixin) -> str | None:
         return "LAQ input quantizer (log codes do not add up as integers)"
     if not isinstance(iq, FakeQuantizer):
         return f"input quantizer {type(iq).__name__} has no integer codes"
-    if iq.scale.numel() > 1 and not torch.all(iq.scale == iq.scale.reshape(-1)[0]):
+    if iq.scale.numel() > 1 and not torch.all(_step(iq) == _step(iq).reshape(-1)[0]):
         return "per-channel input scales"
-    if iq.zero_point.numel() > 1 and not torch.all(torch.round(iq.zero_point) == torch.round(iq.zero_point.reshape(-1)[0])):
+    zero_points = torch.round(iq.zero_point.detach())
+    if zero_points.numel() > 1 and not torch.all(zero_points == zero_points.reshape(-1)[0]):
         return "per-channel input zero points"
     if wq.channel_axis not in (None, 0):
         return f"weights quantized along axis {wq.channel_axis}"
@@ -467,7 +487,7 @@ def to_integer(qmodel: nn.Module, calib_batches: Iterable, headroom: float = 1.0
                 set_submodule(model, name, new)
         kind = f"float: {reason}" if reason is not None else new.kind
         report.append({"name": name, "kind": kind, "w_bits": w_bits, "a_bits": a_bits, "out_scale": out_scale})
-    return IntegerModel(model, report)
+    return IntegerModel(model, report).eval()
 
 
 @torch.no_grad()
