@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from onnx import TensorProto, helper
+import ml_dtypes
+from onnx import TensorProto, helper, numpy_helper
 
 from ..quant.laq import LogAffineQuantizer
 from ..quant.quantizer import FakeQuantizer, QuantizerBase
 from .errors import INT4_OPSET, ExportError
+
+_NUMPY_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8,
+                TensorProto.INT4: ml_dtypes.int4, TensorProto.UINT4: ml_dtypes.uint4, TensorProto.INT64: np.int64}
+
 
 @dataclass
 class GraphEdit:
@@ -39,8 +44,10 @@ class GraphEdit:
     initializers: list = field(default_factory=list)
 
     def const(self, name: str, array: np.ndarray, dtype: int = TensorProto.FLOAT) -> str:
-        array = np.asarray(array)
-        self.initializers.append(helper.make_tensor(name, dtype, list(array.shape), array.flatten().tolist()))
+        # numpy_helper stores raw bytes (int4 packed two to a byte); make_tensor's value lists
+        # would store every int8 code as a varint in int32_data, several bytes each.
+        array = np.asarray(array).astype(_NUMPY_TYPES[dtype])
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
     def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:

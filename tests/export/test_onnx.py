@@ -129,6 +129,9 @@ def test_report_says_how_each_layer_went_in(tmp_path):
     assert types["stem.0.input_zero_point"] == onnx.TensorProto.UINT4
     assert types["down.0.weight_codes"] == onnx.TensorProto.INT8
     assert "head.weight_codes" not in types  # the float layer has no Q/DQ
+    codes = {t.name: t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert len(codes["stem.0.weight_codes"].raw_data) == 8 * 3 * 3 * 3 // 2  # int4 packed two per byte
+    assert len(codes["down.0.weight_codes"].raw_data) == 16 * 8 * 3 * 3
 
 
 def test_8bit_types_with_clip_and_openvino(tmp_path):
