@@ -156,6 +156,7 @@ def main() -> None:
     md = markdown(rows)
     atomic_write(Path(args.out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
     print(md)
+    print(f"exported graphs kept in {work} (to profile them)")
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

@@ -66,23 +66,30 @@ def test_second_run_reuses_the_cached_detector(first_run, cache_dir, tmp_path):
 
 
 def test_reexport_of_a_finished_run_measures_the_runtimes(first_run, cache_dir, tmp_path):
-    """calib.quantized_state loads the saved calibrated model (no calibration) and export=onnx
-    writes model.onnx and the runtimes' numbers next to the simulation's."""
+    """calib.quantized_state loads the saved calibrated model (no calibration) and export=all
+    writes model.onnx and the runtimes' and the integer executor's numbers next to the simulation's."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     results, run_dir = first_run
-    again = run(tiny_cfg(cache_dir, f"calib.quantized_state={run_dir / 'quantized_state_dict.pt'}", "export=onnx",
+    again = run(tiny_cfg(cache_dir, f"calib.quantized_state={run_dir / 'quantized_state_dict.pt'}", "export=all",
                          "export.speed_seconds=0.1", "export.speed_batch=4"), tmp_path)
     assert again["quant.map"] == pytest.approx(results["quant.map"])  # the same calibrated model
     for prefix in ("onnx", "openvino"):
         for key in ("map", "map50", "max_abs_diff", "mean_abs_diff", "images_per_s", "fp32_images_per_s", "speedup"):
             assert f"{prefix}.{key}" in again, (prefix, key)
         assert abs(again[f"{prefix}.map"] - again["quant.map"]) <= 0.02
+    assert again["integer.min_layer_within_one_step"] >= 0.999
+    assert abs(again["integer.map"] - again["quant.map"]) <= 0.02
+    assert again["integer.integer_layers"] + again["integer.float_layers"] == len(report_layers(tmp_path))
     for name in ("model.onnx", "model_fp32.onnx", "model_qcdq.onnx", "export_report.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["onnx.map"] == pytest.approx(again["onnx.map"])
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert {"stem.0.conv", "head.cls.0.2", "head.box.2.2"} <= {layer["name"] for layer in report["onnx"]["layers"]}
+
+
+def report_layers(run_dir):
+    return json.loads((run_dir / "export_report.json").read_text())["integer"]["layers"]
 
 
 def test_bad_export_settings(cache_dir, tmp_path):
