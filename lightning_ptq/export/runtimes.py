@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_unflatten
 
 from .onnx import require
 
@@ -103,8 +103,6 @@ def _openvino(path: str, threads: int | None):
 def output_differences(model: nn.Module, reference: nn.Module, batches) -> dict[str, dict[str, float]]:
     """Per output tensor (pytree path, e.g. ``['cls']``) the max and mean absolute difference of
     ``model`` against ``reference`` over ``batches`` (image batches or ``(images, targets)``)."""
-    from torch.utils._pytree import keystr, tree_flatten_with_path
-
     stats: dict[str, list[float]] = {}
     for batch in batches:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
