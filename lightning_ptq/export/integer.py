@@ -127,10 +127,19 @@ class IntegerLayer(nn.Module):
 
     kind = "integer"
 
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantized_weight
+
     def __init__(self, layer: QuantLayerMixin, out_scale: float) -> None:
         super().__init__()
         iq: FakeQuantizer = layer.input_quant
         self.input_quant = iq  # its codes() is the simulation's rounding
+        # For code that reads a layer's weights besides calling it (the keypoint model's cosine
+        # logits divide by the norm of the dequantized weights): the simulation's dequantized
+        # weights, not saved in the state (forward never uses them).
+        self.weight_quant = layer.weight_quant
+        self.register_buffer("dequantized_weight", layer.weight_quant(layer.weight).detach(), persistent=False)
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.out_features = layer.weight.shape[0]
         if self.is_conv:
@@ -197,6 +206,10 @@ class IntegerUniformLayer(IntegerLayer):
     """Uniform (symmetric) integer weights: int32 accumulate, int32 bias, one fixed-point rescale."""
 
     kind = "integer"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantized_weight
 
     def __init__(self, layer: QuantLayerMixin, out_scale: float) -> None:
         super().__init__(layer, out_scale)

@@ -175,3 +175,29 @@ def test_per_tensor_weights_and_uncalibrated_model():
     fresh = quantize(Net().eval(), QuantConfig())
     with pytest.raises(ExportError, match="never calibrated"):
         to_integer(fresh, batches)
+
+
+class CosineHead(nn.Module):
+    """Reads its layer's weights besides calling it, as the keypoint model's cosine logits do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        weight = self.fc.weight_quant(self.fc.weight) if hasattr(self.fc, "weight_quant") else self.fc.weight
+        return self.fc(torch.relu(self.conv(x))) / weight.flatten(1).norm(dim=1)[None, :, None, None]
+
+
+def test_a_model_reading_layer_weights_runs_integer():
+    torch.manual_seed(0)
+    q = quantize(CosineHead().eval(), QuantConfig(w_bits=8, a_bits=8), example_input=_batches()[0])
+    calibrate_ranges(q, _batches(), progress=False)
+    model = to_integer(q, _batches())
+    assert [r["kind"] for r in model.report] == ["integer", "integer"]
+    shares = compare_layers(model, q, _batches())
+    assert min(shares.values()) >= 0.999
+    with torch.no_grad():
+        want, got = q(_batches()[0]), model(_batches()[0])
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
