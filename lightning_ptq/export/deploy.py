@@ -30,6 +30,7 @@ from torch import nn
 from ..io import atomic_write_json
 from ..quant.config import ConfigError
 from .errors import INT4_OPSET
+from .integer import compare_layers, to_integer
 from .onnx import MIN_OPSET, require, to_onnx, to_onnx_float
 from .runtimes import RUNTIMES, RuntimeModel, images_per_second, output_differences
 
@@ -112,8 +113,6 @@ def deploy(export: DictConfig | None, fp_model: nn.Module, qmodel: nn.Module, ca
                                                                        export.speed_seconds)
             results[f"{prefix}.speedup"] = results[f"{prefix}.images_per_s"] / results[f"{prefix}.fp32_images_per_s"]
     if "integer" in export.formats:
-        from .integer import compare_layers, to_integer  # noqa: PLC0415 (only this format needs it)
-
         log.info("export: building the integer executor and evaluating it")
         model = to_integer(qmodel, calib_images)
         results |= _measured("integer", model, qmodel, evaluate, compare, images, export)
