@@ -67,7 +67,7 @@ from ..quant.laq import LogAffineQuantizer
 from ..quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
 from ..quant.quantizer import FakeQuantizer
 from ..quant.swap import quantized_layers, set_submodule
-from .errors import ExportError
+from .errors import ExportError, calibrated_layers
 from .fixed_point import (
     INT16_MAX, INT16_MIN, INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot,
 )
@@ -453,14 +453,7 @@ def to_integer(qmodel: nn.Module, calib_batches: Iterable, headroom: float = 1.0
     Raises :class:`~lightning_ptq.export.errors.ExportError` for a model without quantized layers,
     an uncalibrated one, or no calibration batch.
     """
-    layers = quantized_layers(qmodel)
-    if not layers:
-        raise ExportError(f"{type(qmodel).__name__} has no quantized layer: quantize() and calibrate() it first.")
-    for name, layer in layers.items():
-        for side, q in (("weight", layer.weight_quant), ("input", layer.input_quant)):
-            if not q.initialized:
-                raise ExportError(f"layer {name!r} was never calibrated (its {side} quantizer has no range): run "
-                                  f"lightning_ptq.calibrate(...) or load a calibrated state_dict first.")
+    calibrated_layers(qmodel)
     model = copy.deepcopy(qmodel).eval()
     sim_layers = quantized_layers(model)
     amax: dict[str, float] = {}

@@ -36,7 +36,7 @@ from torch.utils._pytree import keystr, tree_flatten_with_path
 from ..io import atomic_write
 from ..quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
 from ..quant.swap import dequantize, quantized_layers
-from .errors import INT4_OPSET, ExportError
+from .errors import INT4_OPSET, ExportError, calibrated_layers
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -107,9 +107,6 @@ def check_exportable(qmodel: nn.Module, opset: int, int4_types: bool = True) -> 
     from .qdq import INPUT_HANDLERS, WEIGHT_HANDLERS
 
     layers = quantized_layers(qmodel)
-    if not layers:
-        raise ExportError(f"{type(qmodel).__name__} has no quantized layer: quantize() and calibrate() it first "
-                          f"(a float model exports with torch.onnx.export directly).")
     for name, layer in layers.items():
         if type(layer) not in (QuantConv2d, QuantLinear):
             raise ExportError(f"layer {name!r} is a {type(layer).__name__}, which the ONNX exporter does not know: "
@@ -120,17 +117,12 @@ def check_exportable(qmodel: nn.Module, opset: int, int4_types: bool = True) -> 
                 raise ExportError(
                     f"layer {name!r}: its {side} quantizer is a {type(q).__name__}, which the exporter does not know "
                     f"(known: {', '.join(t.__name__ for t in handlers)}).")
-            if not q.initialized:
-                raise ExportError(
-                    f"layer {name!r} was never calibrated (its {side} quantizer has no range): run "
-                    f"lightning_ptq.calibrate(fp_model, qmodel, batches) or load a calibrated state_dict before "
-                    f"exporting.")
             if q.is_active and q.bits == 4 and opset < INT4_OPSET and int4_types:
                 raise ExportError(
                     f"layer {name!r} has 4-bit {side}s, and opset={opset} has no int4 / uint4 types (they exist "
                     f"from opset {INT4_OPSET}): export with opset={INT4_OPSET}, or int4_types=False (4-bit codes in 8-bit "
                     f"types with a Clip).")
-    return layers
+    return calibrated_layers(qmodel)
 
 
 def float_twin(qmodel: nn.Module) -> nn.Module:
