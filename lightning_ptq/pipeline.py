@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -14,6 +13,7 @@ from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, Out
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .export.deploy import deploy
 from .io import atomic_torch_save, atomic_write_json
+from .models.checkpoint import load_strict, read_checkpoint
 from .quant import ConfigError, QuantConfig, quantize
 from .report import deploy_table
 from .search.params import apply_layer_params
@@ -125,17 +125,13 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
 
 def load_quantized_state(qmodel, path: str | Path) -> None:
     """Load a saved calibrated state (``quantized_state_dict.pt``) into ``qmodel``, quantized with
-    the same settings; a missing file or one of other settings is a ConfigError naming the fix."""
+    the same settings: a missing file is a ConfigError, an unreadable one or one of other settings
+    the checkpoint errors, each naming the fix."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"calib.quantized_state={str(path)!r} does not exist: give a run's quantized_state_dict.pt.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        qmodel.load_state_dict(state)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"calib.quantized_state={str(path)!r} does not fit this model ({str(err).splitlines()[0]}): use the model "
-            f"and quant settings of the run that wrote it (its .hydra/config.yaml).") from None
+    load_strict(qmodel, read_checkpoint(path), path, "this quantized model",
+                "Use the model and quant settings of the run that wrote it (its .hydra/config.yaml).")
 
 
 def run_results(fp_model, qmodel, qcfg: QuantConfig, fp: dict, quant: dict, batches: list,
