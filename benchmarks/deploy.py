@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from lightning_ptq.app import eval_kwargs, load_data_and_model
 from lightning_ptq.export import to_onnx
+from lightning_ptq.export.integer import to_integer
 from lightning_ptq.export.onnx import to_onnx_float
 from lightning_ptq.export.runtimes import RuntimeModel, images_per_second, output_differences
 from lightning_ptq.hydra_setup import compose_config
@@ -132,25 +133,23 @@ def main() -> None:
         sim = evaluate(qmodel)
         add(f"ours {bits}", "pytorch (simulation)", qmodel, qmodel, None, sim)
         qdq = to_onnx(qmodel, example, work / f"{bits}.onnx").path
-        qcdq = to_onnx(qmodel, example, work / f"{bits}_qcdq.onnx", int4_types=False).path
         if "4" not in bits:
             add(f"ours {bits} QDQ", "onnxruntime", RuntimeModel(qdq, qmodel, example, "onnxruntime"), qmodel, qdq, sim)
             add(f"ours {bits} QDQ", "openvino", RuntimeModel(qdq, qmodel, example, "openvino"), qmodel, qdq, sim)
         else:
             add(f"ours {bits} QDQ (int4)", "onnxruntime", RuntimeModel(qdq, qmodel, example, "onnxruntime"), qmodel,
                 qdq, sim)
+            qcdq = to_onnx(qmodel, example, work / f"{bits}_qcdq.onnx", int4_types=False).path
             for runtime in ("onnxruntime", "openvino"):
                 add(f"ours {bits} QCDQ", runtime, RuntimeModel(qcdq, qmodel, example, runtime), qmodel, qcdq, sim)
         if not args.no_integer:
-            from lightning_ptq.export.integer import to_integer
-
             add(f"ours {bits}", "integer executor", to_integer(qmodel, [b[0] for b in batches]), qmodel, None, sim)
 
     fp32_speed = {r["runtime"]: r["speed"] for r in rows if r["model"] == "FP32"}
     for row in rows:
         base = fp32_speed.get(row["runtime"].split(" ")[0], fp32_speed["pytorch"])
         row["speedup"] = {k: v / base[k] for k, v in row["speed"].items()}
-    result = {"settings": {"image_size": cfg.data.image_size, "calib_images": len(images), "cpu_threads": os.cpu_count(),
+    result = {"settings": {"image_size": cfg.data.image_size, "calib_images": sum(len(b[0]) for b in batches), "cpu_threads": os.cpu_count(),
                            "states": states}, "rows": rows}
     atomic_write_json(result, args.out)
     md = markdown(rows)
