@@ -14,11 +14,12 @@ register_recipes()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from .app import USER_ERRORS, run  # imported here so that --help and config errors answer fast
+    from .app import run  # imported here so that --help and config errors answer fast
+    from .core import UserError
 
     try:
         results = run(cfg, HydraConfig.get().runtime.output_dir)
-    except USER_ERRORS as err:
+    except UserError as err:
         # A problem with the input, not a bug: one paragraph saying what and how to fix it.
         print(f"lightning_ptq: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(2)

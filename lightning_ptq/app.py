@@ -20,43 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch.utils.data import ConcatDataset
 
-from .calib import EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError
-from .data import (
-    AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
-    MalformedAnnotationError, NotAGeneratedDatasetError,
-)
-from .keypoints import KeypointNet, NonFiniteLogitsError, run_keypoints
+from .keypoints import KeypointNet, run_keypoints
 from .keypoints.job import keypoint_model_kwargs
-from .models import (
-    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, detect, evaluate_detections,
-    pretrained_detector,
-)
-from .classify import ClassFoldersMismatchError, SplitFolderNotFoundError, TinyResNet
+from .models import detect, evaluate_detections, pretrained_detector
+from .classify import TinyResNet
 from .classify.job import run_classification
 from .data import detection_collate
-from .export import ExportError
 from .export.deploy import check_export_config
 from .pipeline import (
     calibration_batches, check_calib_config, check_loss_family, deploy_and_save, log_to_wandb, print_deploy_table,
     quantize_and_calibrate, run_results, save_run,
 )
-from .quant import ConfigError, LayerPatternError, QuantConfig
+from .quant import ConfigError, QuantConfig
 from .report import plot_detections, results_table, table_rows
-from .search import LayerParamsError, PoolTooSmallError
 from .search.job import check_selection, run_search, search_config, search_results, select_sets, subset_batches
 from .search.report import search_summary_table
 
 log = logging.getLogger(__name__)
-
-# Problems with what the user gave (settings, data, checkpoint): the entry point prints their
-# message, which names the problem and the fix, without a traceback.
-USER_ERRORS = (
-    ConfigError, LayerPatternError, DatasetRootNotFoundError, AnnotationFileNotFoundError, ImageFileNotFoundError,
-    MalformedAnnotationError, EmptySplitError, NotAGeneratedDatasetError, CheckpointNotFoundError,
-    CorruptCheckpointError, CheckpointMismatchError, EmptyCalibrationError, NonFiniteCalibrationError, NonFiniteLossError,
-    NonFiniteLogitsError, PoolTooSmallError, LayerParamsError, SplitFolderNotFoundError, ClassFoldersMismatchError,
-    ExportError,
-)
 
 
 def load_data_and_model(cfg: DictConfig):

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ..core import UserError
 from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
@@ -20,7 +21,7 @@ from .observe import ForwardFn, default_forward
 LAST_GOOD = "last_good_quantized.pt"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The calibration loss became NaN or inf."""
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core import UserError
 from ..quant.quantizer import NonFiniteObservationError
 from ..quant.swap import quantized_layers
 from .batches import batch_inputs
@@ -14,11 +15,11 @@ from .batches import batch_inputs
 ForwardFn = Callable[[nn.Module, object], object]
 
 
-class EmptyCalibrationError(ValueError):
+class EmptyCalibrationError(UserError, ValueError):
     """The calibration set produced no batch."""
 
 
-class NonFiniteCalibrationError(FloatingPointError):
+class NonFiniteCalibrationError(UserError, FloatingPointError):
     """A calibration batch produced NaN or inf at a quantized layer's input."""
 
 

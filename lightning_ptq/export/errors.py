@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core import UserError
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantized_layers
 
 INT4_OPSET = 21  # int4 / uint4 QuantizeLinear and DequantizeLinear (onnx >= 1.16, onnxruntime >= 1.20)
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The model (or a setting) cannot be exported or run; the message says why and what to do."""
 
 

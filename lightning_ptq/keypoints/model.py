@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import UserError
 from ..calib.module import first_non_finite_module
 from ..quant.config import ConfigError
 from .softargmax import grid_coordinates
@@ -31,7 +32,7 @@ from .softargmax import grid_coordinates
 LOGIT_KINDS = ("cosine", "linear")
 
 
-class NonFiniteLogitsError(FloatingPointError):
+class NonFiniteLogitsError(UserError, FloatingPointError):
     """The keypoint model produced NaN or inf."""
 
 

@@ -14,19 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import UserError
 from ..io import atomic_torch_save
 from .detector import DETECTORS, build_detector
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(UserError, FileNotFoundError):
     """The checkpoint file does not exist."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(UserError, ValueError):
     """The file is not a readable, tensors-only PyTorch checkpoint."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint's weights do not fit the configured model."""
 
 

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
+from ..core import UserError
 from .config import QuantConfig
 from .fold import fold_batchnorm
 from .fuse import fuse_activations
@@ -18,7 +19,7 @@ from .layers import QUANT_LAYERS, QuantLayerMixin
 from .quantizer import QuantizerBase
 
 
-class LayerPatternError(ValueError):
+class LayerPatternError(UserError, ValueError):
     """A layer name pattern matched no module."""
 
 

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..core import UserError
 
-class PoolTooSmallError(ValueError):
+
+class PoolTooSmallError(UserError, ValueError):
     """The pool lacks images of some classes for the requested balanced sizes."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import UserError
 from ..export.pack import quantizer_entry, quantizer_from_entry
 from ..io import atomic_write_json
 from ..quant.swap import quantized_layers, set_submodule
@@ -20,7 +21,7 @@ from ..quant.swap import quantized_layers, set_submodule
 FORMAT = "lightning_ptq.layer_params/1"
 
 
-class LayerParamsError(ValueError):
+class LayerParamsError(UserError, ValueError):
     """A parameter file that does not fit the model (or is not one)."""
 
 

@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from lightning_ptq.app import USER_ERRORS, run
+from lightning_ptq.app import run
+from lightning_ptq.core import UserError
 from lightning_ptq.classify import SplitFolderNotFoundError
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.quant import ConfigError
@@ -61,4 +62,4 @@ def test_a_user_imagefolder_without_the_pool_split_is_named(cache_dir, tmp_path)
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cat" / "0.png")
     with pytest.raises(SplitFolderNotFoundError, match=r"Split folder .*pool does not exist") as err:
         run(tiny_cfg(cache_dir, f"data.root={tmp_path / 'data'}", "data.generate_default=false"), tmp_path / "run")
-    assert isinstance(err.value, USER_ERRORS)  # the command line prints it without a traceback
+    assert isinstance(err.value, UserError)  # the command line prints it without a traceback
