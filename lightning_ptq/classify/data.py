@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,17 +23,20 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from ..core import UserError
 from ..data.coco import DatasetRootNotFoundError, EmptySplitError
+from ..data.generated import resolve_root
+from ..data.images import read_rgb
 from .synthetic import generate_classification_dataset
 
 log = logging.getLogger(__name__)
 
 
-class SplitFolderNotFoundError(FileNotFoundError):
+class SplitFolderNotFoundError(UserError, FileNotFoundError):
     """A configured split has no folder under the dataset root."""
 
 
-class ClassFoldersMismatchError(ValueError):
+class ClassFoldersMismatchError(UserError, ValueError):
     """Two splits have different class folders, so their labels would not agree."""
 
 
@@ -56,22 +58,25 @@ class ClassificationDataModule(LightningDataModule):
     """Splits of an ImageFolder dataset (see the module docstring). Batches are
     ``(images float32 [B, 3, S, S], labels int64 [B])``.
 
-    With ``generate_default=True``, :meth:`prepare_data` first writes the synthetic default
-    dataset to ``root`` (a no-op when it is already there); ``generator_kwargs`` go to
+    ``root=None`` reads the synthetic default dataset at ``default_root``, which
+    :meth:`prepare_data` writes there first (a no-op when it is already there); a ``root`` you
+    give is only read, unless ``generate_default=True`` asks for the default dataset to be written
+    there. ``generator_kwargs`` go to
     :func:`~lightning_ptq.classify.synthetic.generate_classification_dataset`, whose
     ``image_size`` defaults to this module's. The first configured split whose folder exists is
     the reference whose class folders the others must have.
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int = 32, batch_size: int = 64, num_workers: int = 0,
-                 generate_default: bool = True, generator_kwargs: Mapping | None = None,
-                 splits: Sequence[str] = ("train", "pool", "test")):
+    def __init__(self, root: str | os.PathLike | None, image_size: int = 32, batch_size: int = 64,
+                 num_workers: int = 0, generate_default: bool = False, generator_kwargs: Mapping | None = None,
+                 splits: Sequence[str] = ("train", "pool", "test"), default_root: str | os.PathLike | None = None):
         super().__init__()
         if not (isinstance(image_size, int) and image_size >= 1):
             raise ValueError(f"data.image_size must be a positive int (pixels), got {image_size!r}.")
         if isinstance(splits, str) or not splits:
             raise ValueError(f"data.splits must be a non-empty list of split names, got {splits!r}.")
-        self.root, self.image_size = Path(root), image_size
+        self.root, generate_default = resolve_root(root, default_root, generate_default)
+        self.image_size = image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
         self.splits = tuple(splits)
@@ -110,7 +115,7 @@ class ClassificationDataModule(LightningDataModule):
                 f"Split folder {folder} has no class folders. Lay it out as {folder}/<class_name>/<image> "
                 f"(torchvision ImageFolder)."
             )
-        dataset = ImageFolder(str(folder), transform=ToTensor(self.image_size), allow_empty=True)
+        dataset = ImageFolder(str(folder), transform=ToTensor(self.image_size), loader=read_rgb, allow_empty=True)
         if not dataset.samples:
             raise EmptySplitError(
                 f"Split folder {folder} has no images in its class folders {dataset.classes} (ImageFolder "
@@ -137,9 +142,9 @@ class ClassificationDataModule(LightningDataModule):
             self.prepare_data()
         if not self.root.is_dir():
             raise DatasetRootNotFoundError(
-                f"Dataset root folder {self.root} does not exist. Set it with data.root=/path/to/"
-                f"imagefolder (holding <split>/<class_name>/<image> for the splits {list(self.splits)}), "
-                f"or generate the default synthetic dataset there with data.generate_default=true."
+                f"Dataset root folder {self.root} does not exist. Set data.root to your ImageFolder folder (holding "
+                f"<split>/<class_name>/<image> for the splits {list(self.splits)}), or leave it unset (data.root=null) "
+                f"for the embedded default data; data.generate_default=true writes the default data at data.root."
             )
         for split in self.splits:
             if (self.root / split).is_dir():

@@ -5,12 +5,13 @@ from .coco import (
     EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, detection_collate, load_coco,
 )
 from .generated import NotAGeneratedDatasetError, write_generated_dataset
+from .images import UnreadableImageError, read_rgb
 from .preview import save_preview
 from .synthetic_detection import CLASS_NAMES, DEFAULT_SPLITS, Difficulty, generate_detection_dataset
 
 __all__ = [
     "CLASS_NAMES", "DEFAULT_SPLITS", "AnnotationFileNotFoundError", "CocoDataModule", "CocoDetectionDataset",
     "DatasetRootNotFoundError", "Difficulty", "EmptySplitError", "ImageFileNotFoundError",
-    "MalformedAnnotationError", "NotAGeneratedDatasetError", "detection_collate", "generate_detection_dataset",
-    "load_coco", "save_preview", "write_generated_dataset",
+    "MalformedAnnotationError", "NotAGeneratedDatasetError", "UnreadableImageError", "detection_collate", "generate_detection_dataset",
+    "load_coco", "read_rgb", "save_preview", "write_generated_dataset",
 ]

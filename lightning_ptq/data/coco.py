@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -25,26 +26,31 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from ..core import UserError
+from .generated import resolve_root
+from .images import read_rgb
 from .synthetic_detection import generate_detection_dataset
 
+log = logging.getLogger(__name__)
 
-class DatasetRootNotFoundError(FileNotFoundError):
+
+class DatasetRootNotFoundError(UserError, FileNotFoundError):
     """The dataset root folder does not exist."""
 
 
-class AnnotationFileNotFoundError(FileNotFoundError):
+class AnnotationFileNotFoundError(UserError, FileNotFoundError):
     """A split's COCO annotation json does not exist."""
 
 
-class ImageFileNotFoundError(FileNotFoundError):
+class ImageFileNotFoundError(UserError, FileNotFoundError):
     """An image listed in the annotation json is not on disk."""
 
 
-class MalformedAnnotationError(ValueError):
+class MalformedAnnotationError(UserError, ValueError):
     """An annotation json is not valid COCO detection data."""
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(UserError, ValueError):
     """A split lists no images."""
 
 
@@ -92,6 +98,9 @@ def _validate(data, ann_file: Path) -> None:
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
             fail(f"annotation id {ann['id']} has bbox {bbox!r}, not 4 finite numbers")
+        if bbox[2] < 0 or bbox[3] < 0:
+            fail(f"annotation id {ann['id']} has bbox {bbox!r}, with a negative width or height (COCO boxes are "
+                 f"[x, y, width, height] from the top-left corner; a box given as corners needs converting)")
         if ann["image_id"] not in image_ids:
             fail(f"annotation id {ann['id']} refers to image_id {ann['image_id']!r}, which is not in 'images'")
         if ann["category_id"] not in category_ids:
@@ -128,7 +137,8 @@ class CocoDetectionDataset(Dataset):
 
     Labels follow ``category_ids`` (COCO category ids in label order; default: this file's ids
     sorted), so splits built with the same list share one mapping. Crowd annotations and boxes
-    with width or height <= 0 are skipped and counted in ``skipped``. ``max_images`` keeps the
+    with zero width or height are skipped, counted in ``skipped`` and logged (a negative one is a
+    :class:`MalformedAnnotationError`). ``max_images`` keeps the
     first images by id; ``split`` only names the split in error messages.
     """
 
@@ -136,7 +146,7 @@ class CocoDetectionDataset(Dataset):
                  category_ids: Sequence[int] | None = None, max_images: int | None = None,
                  split: str | None = None):
         self.image_dir, self.ann_file, self.image_size = Path(image_dir), Path(ann_file), image_size
-        where = f"split '{split}' ({self.ann_file})" if split else str(self.ann_file)
+        self.where = where = f"split '{split}' ({self.ann_file})" if split else str(self.ann_file)
         if not self.ann_file.is_file():
             raise AnnotationFileNotFoundError(
                 f"Annotation file for {where} does not exist. Put the COCO json there, point "
@@ -155,6 +165,9 @@ class CocoDetectionDataset(Dataset):
         self.image_ids = split_image_ids(self.coco, self.image_dir, max_images, where)
         self.skipped = {"crowd": 0, "degenerate": 0}
         self._targets = [self._read_target(image_id) for image_id in self.image_ids]
+        if any(self.skipped.values()):
+            log.warning("%s: skipped %d crowd annotation(s) and %d box(es) of zero width or height",
+                        where, self.skipped["crowd"], self.skipped["degenerate"])
 
     @property
     def class_names(self) -> list[str]:
@@ -174,7 +187,7 @@ class CocoDetectionDataset(Dataset):
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id)):
             if ann.get("iscrowd", 0):
                 self.skipped["crowd"] += 1
-            elif ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
+            elif ann["bbox"][2] == 0 or ann["bbox"][3] == 0:
                 self.skipped["degenerate"] += 1
             else:
                 boxes.append(ann["bbox"])
@@ -186,8 +199,7 @@ class CocoDetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id, size = self.image_ids[index], self.image_size
-        with Image.open(self.image_dir / self.coco.imgs[image_id]["file_name"]) as file:
-            image = file.convert("RGB")
+        image = read_rgb(self.image_dir / self.coco.imgs[image_id]["file_name"], f"image id {image_id} of {self.where}")
         width, height = image.size
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
@@ -210,9 +222,11 @@ class SplitFoldersDataModule(LightningDataModule):
     and keypoint data modules share. A subclass sets ``generate`` (the default data's generator)
     and ``collate``, and builds one split's dataset in ``_load(split)``.
 
-    ``ann_file`` and ``image_dir`` are relative to ``root`` and may contain ``{split}``. With
-    ``generate_default=True``, :meth:`prepare_data` first writes the synthetic default dataset to
-    ``root`` (``generator_kwargs`` go to the generator; a no-op when it is already there).
+    ``ann_file`` and ``image_dir`` are relative to ``root`` and may contain ``{split}``.
+    ``root=None`` reads the synthetic default dataset at ``default_root``, which
+    :meth:`prepare_data` writes there first (``generator_kwargs`` go to the generator; a no-op when
+    it is already there). A ``root`` you give is only read, unless ``generate_default=True`` asks
+    for the default dataset to be written there.
     ``max_images`` caps each split: one int for all, or ``{split: int}``. The first split whose
     annotation file exists is the reference the others must agree with.
     """
@@ -220,12 +234,14 @@ class SplitFoldersDataModule(LightningDataModule):
     generate: Callable
     collate: Callable
 
-    def __init__(self, root: str | os.PathLike, ann_file: str, image_dir: str = "images",
+    def __init__(self, root: str | os.PathLike | None, ann_file: str, image_dir: str = "images",
                  splits: Sequence[str] = ("train", "calib", "val", "test"), image_size: int = 128,
                  batch_size: int = 16, num_workers: int = 0, generate_default: bool = False,
-                 generator_kwargs: Mapping | None = None, max_images: int | Mapping[str, int] | None = None):
+                 generator_kwargs: Mapping | None = None, max_images: int | Mapping[str, int] | None = None,
+                 default_root: str | os.PathLike | None = None):
         super().__init__()
-        self.root, self.ann_file, self.image_dir = Path(root), ann_file, image_dir
+        self.root, generate_default = resolve_root(root, default_root, generate_default)
+        self.ann_file, self.image_dir = ann_file, image_dir
         self.splits, self.image_size = tuple(splits), image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
@@ -283,9 +299,9 @@ class SplitFoldersDataModule(LightningDataModule):
     def _check_root(self) -> None:
         if not self.root.is_dir():
             raise DatasetRootNotFoundError(
-                f"Dataset root folder {self.root} does not exist. Set it with data.root=/path/to/"
-                f"coco_folder (holding {self.ann_file} and {self.image_dir}/), or generate the "
-                f"default synthetic dataset there with data.generate_default=true."
+                f"Dataset root folder {self.root} does not exist. Set data.root to your COCO folder (holding "
+                f"{self.ann_file} and {self.image_dir}/), or leave it unset (data.root=null) for the embedded "
+                f"default data; data.generate_default=true writes the default data at data.root."
             )
 
     def _reference_split(self) -> str:
@@ -310,13 +326,13 @@ class CocoDataModule(SplitFoldersDataModule):
     generate = staticmethod(generate_detection_dataset)
     collate = staticmethod(detection_collate)
 
-    def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/instances_{split}.json",
+    def __init__(self, root: str | os.PathLike | None, ann_file: str = "annotations/instances_{split}.json",
                  image_dir: str = "images", splits: Sequence[str] = ("train", "calib", "val", "test"),
                  image_size: int = 128, batch_size: int = 16, num_workers: int = 0,
                  generate_default: bool = False, generator_kwargs: Mapping | None = None,
-                 max_images: int | Mapping[str, int] | None = None):
+                 max_images: int | Mapping[str, int] | None = None, default_root: str | os.PathLike | None = None):
         super().__init__(root, ann_file, image_dir, splits, image_size, batch_size, num_workers,
-                         generate_default, generator_kwargs, max_images)
+                         generate_default, generator_kwargs, max_images, default_root)
 
     def _load(self, split: str) -> CocoDetectionDataset:
         reference = self._reference_split()

@@ -16,13 +16,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core import UserError
+
 log = logging.getLogger(__name__)
 
 # write_split(out folder, split name, image count, first image id)
 SplitWriter = Callable[[Path, str, int, int], None]
 
 
-class NotAGeneratedDatasetError(FileExistsError):
+class NotAGeneratedDatasetError(UserError, FileExistsError):
     """``root`` holds files that no generator of this project wrote; they are not replaced."""
 
 
@@ -52,6 +54,19 @@ def write_generated_dataset(root: str | os.PathLike, meta: dict, splits: dict[st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def resolve_root(root: str | os.PathLike | None, default_root: str | os.PathLike | None,
+                 generate_default: bool) -> tuple[Path, bool]:
+    """``(folder, whether to generate the embedded default data there)``. ``root=None`` means the
+    embedded default at ``default_root``, generated there on first use. A folder the user names is
+    only ever read (a typo in it is an error, not a new dataset), unless ``generate_default=True``
+    asks for the default data to be written there."""
+    if root is None:
+        if default_root is None:
+            raise ValueError("data.root is not set and there is no default_root: set data.root=/path/to/your/data.")
+        return Path(default_root), True
+    return Path(root), bool(generate_default)
 
 
 def _read_meta(root: Path) -> dict | None:

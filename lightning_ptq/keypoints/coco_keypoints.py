@@ -35,6 +35,7 @@ from ..data.coco import (
     AnnotationFileNotFoundError, EmptySplitError, MalformedAnnotationError, SplitFoldersDataModule,
     load_coco, split_image_ids,
 )
+from ..data.images import read_rgb
 from .synthetic import generate_keypoint_dataset
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,8 @@ class KeypointDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         target = self._targets[index]
         ann = self.annotations[index]
-        with Image.open(self.image_dir / self.coco.imgs[ann["image_id"]]["file_name"]) as file:
-            image = file.convert("RGB")
+        image = read_rgb(self.image_dir / self.coco.imgs[ann["image_id"]]["file_name"],
+                         f"image id {ann['image_id']}, annotation id {ann['id']}")
         crop = _crop(image, *self._crop_box(ann), self.image_size)
         pixels = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
         return pixels, target
@@ -229,13 +230,14 @@ class KeypointDataModule(SplitFoldersDataModule):
     generate = staticmethod(generate_keypoint_dataset)
     collate = staticmethod(keypoint_collate)
 
-    def __init__(self, root: str | os.PathLike, ann_file: str = "annotations/person_keypoints_{split}.json",
+    def __init__(self, root: str | os.PathLike | None, ann_file: str = "annotations/person_keypoints_{split}.json",
                  image_dir: str = "images", splits: Sequence[str] = ("train", "calib", "val", "test"),
                  image_size: int = 64, batch_size: int = 32, num_workers: int = 0,
                  generate_default: bool = False, generator_kwargs: Mapping | None = None,
-                 max_images: int | Mapping[str, int] | None = None, crop_margin: float = 1.25):
+                 max_images: int | Mapping[str, int] | None = None, crop_margin: float = 1.25,
+                 default_root: str | os.PathLike | None = None):
         super().__init__(root, ann_file, image_dir, splits, image_size, batch_size, num_workers,
-                         generate_default, generator_kwargs, max_images)
+                         generate_default, generator_kwargs, max_images, default_root)
         self.crop_margin = crop_margin
 
     def _load(self, split: str) -> KeypointDataset:

@@ -1,5 +1,6 @@
 """The main job end to end on a tiny configuration, and each kind of bad input through it."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lightning_ptq.app import run
 from lightning_ptq.calib import EmptyCalibrationError
-from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError
+from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError, UnreadableImageError
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.models import CheckpointMismatchError, CorruptCheckpointError
 from lightning_ptq.quant import LayerPatternError, quantized_layers
@@ -141,9 +142,33 @@ def test_wandb_offline_run_files(cache_dir, tmp_path):
 # --- bad input, one by one -------------------------------------------------------------------
 
 
-def test_missing_dataset_folder(cache_dir, tmp_path):
-    cfg = tiny_cfg(cache_dir, f"data.root={tmp_path}/nowhere", "data.generate_default=false")
-    with pytest.raises(DatasetRootNotFoundError, match=r"nowhere does not exist\. Set it with data\.root="):
+def test_a_mistyped_dataset_folder_is_an_error_and_is_never_created(cache_dir, tmp_path):
+    # generate_default is left as it is: the default data is written only at its own place
+    cfg = tiny_cfg(cache_dir, f"data.root={tmp_path}/nowhere/coco")
+    with pytest.raises(DatasetRootNotFoundError, match=r"nowhere/coco does not exist\. Set data\.root to your COCO"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_truncated_image_names_the_file_and_image_id(cache_dir, user_copy, tmp_path):
+    data = json.loads((user_copy / "annotations" / "instances_calib.json").read_text())
+    image = data["images"][0]
+    path = user_copy / "images" / image["file_name"]
+    path.write_bytes(path.read_bytes()[:200])  # a PNG cut short
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
+    with pytest.raises(UnreadableImageError, match=rf"{re.escape(image['file_name'])} \(image id {image['id']} of "
+                                                   rf"split 'calib'.*is not a readable image"):
+        run(cfg, tmp_path)
+
+
+def test_negative_box_width_names_the_annotation(cache_dir, user_copy, tmp_path):
+    path = user_copy / "annotations" / "instances_test.json"
+    data = json.loads(path.read_text())
+    data["annotations"][3]["bbox"][2] = -4.0
+    path.write_text(json.dumps(data))
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
+    with pytest.raises(MalformedAnnotationError, match=rf"annotation id {data['annotations'][3]['id']} has bbox .* "
+                                                       r"negative width or height"):
         run(cfg, tmp_path)
 
 
@@ -157,7 +182,7 @@ def user_copy(cache_dir, first_run, tmp_path):
 
 def test_malformed_coco_json(cache_dir, user_copy, tmp_path):
     (user_copy / "annotations" / "instances_val.json").write_text('{"images": [}')
-    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}", "data.generate_default=false")
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(MalformedAnnotationError, match=r"instances_val\.json"):
         run(cfg, tmp_path)
 
@@ -166,7 +191,7 @@ def test_empty_calibration_split(cache_dir, user_copy, tmp_path):
     path = user_copy / "annotations" / "instances_calib.json"
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "images": [], "annotations": []}))
-    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}", "data.generate_default=false")
+    cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(EmptySplitError, match=r"split 'calib'.*lists no images"):
         run(cfg, tmp_path)
 
@@ -204,7 +229,7 @@ def test_layer_pattern_matching_nothing(cache_dir, first_run, tmp_path):
 def test_cli_prints_one_paragraph_without_traceback(cache_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w4a4", f"cache_dir={cache_dir}", *TINY,
-         f"data.root={tmp_path}/nowhere", "data.generate_default=false", f"hydra.run.dir={tmp_path}/run"],
+         f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 2

@@ -39,7 +39,7 @@ def test_images_of_another_size_are_resized(small_classes):
 
 
 def test_generate_default_writes_the_data_at_the_image_size(tmp_path):
-    dm = ClassificationDataModule(tmp_path / "gen", image_size=16, batch_size=4,
+    dm = ClassificationDataModule(None, default_root=tmp_path / "gen", image_size=16, batch_size=4,
                                   generator_kwargs={"splits": {"train": 10, "pool": 10, "test": 10}})
     images, _ = next(iter(dm.train_dataloader()))  # generated on first use
     assert images.shape == (4, 3, 16, 16) and (tmp_path / "gen" / "meta.json").is_file()

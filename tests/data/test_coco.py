@@ -6,7 +6,8 @@ import torch
 
 from lightning_ptq.data import (
     AnnotationFileNotFoundError, CocoDataModule, CocoDetectionDataset, DatasetRootNotFoundError,
-    EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, detection_collate, save_preview,
+    EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, UnreadableImageError, detection_collate,
+    save_preview,
 )
 
 CATEGORIES = [{"id": 1, "name": "thing"}]
@@ -72,6 +73,40 @@ def test_data_module_generates_the_default_data(tmp_path):
     assert module.num_classes == 6  # generated on first use, also outside a Trainer
     images, targets = next(iter(module.calib_dataloader()))
     assert images.shape == (2, 3, 128, 128) and all(len(t["boxes"]) <= 3 for t in targets)
+
+
+def test_no_root_means_the_default_data_at_its_own_place_and_a_named_root_is_only_read(tmp_path):
+    module = CocoDataModule(None, default_root=tmp_path / "default", splits=("calib",), batch_size=2,
+                            generator_kwargs={"splits": {"calib": 2}, "max_objects": 2})
+    assert len(module.dataset("calib")) == 2 and (tmp_path / "default" / "meta.json").is_file()
+    named = CocoDataModule(tmp_path / "mine", default_root=tmp_path / "default", splits=("calib",))
+    with pytest.raises(DatasetRootNotFoundError, match=r"mine does not exist"):
+        named.dataset("calib")
+    assert not (tmp_path / "mine").exists()
+
+
+def test_zero_size_boxes_are_skipped_counted_and_logged_and_negative_ones_refused(user_coco, coco_writer, caplog):
+    anns = [{"id": 1, "image_id": 10, "category_id": 7, "bbox": [1, 1, 0, 5]},
+            {"id": 2, "image_id": 10, "category_id": 7, "bbox": [1, 1, 5, 5]}]
+    coco_writer(user_coco, "val", [(10, "a.jpg", 200, 100)], anns, [{"id": 7, "name": "dog"}])
+    with caplog.at_level("WARNING"):
+        dataset = CocoDetectionDataset(user_coco / "images", user_coco / "annotations/instances_val.json", split="val")
+    assert dataset.skipped == {"crowd": 0, "degenerate": 1} and len(dataset[0][1]["boxes"]) == 1
+    assert "split 'val'" in caplog.text and "1 box(es) of zero width or height" in caplog.text
+    anns[0]["bbox"] = [30, 1, -20, 5]
+    coco_writer(user_coco, "val", [(10, "a.jpg", 200, 100)], anns, [{"id": 7, "name": "dog"}])
+    with pytest.raises(MalformedAnnotationError, match=r"annotation id 1 has bbox \[30, 1, -20, 5\], with a negative "
+                                                       r"width or height"):
+        CocoDetectionDataset(user_coco / "images", user_coco / "annotations/instances_val.json")
+
+
+def test_truncated_image_is_named_with_its_id(user_coco):
+    dataset = CocoDetectionDataset(user_coco / "images", user_coco / "annotations/instances_train.json", split="train")
+    path = user_coco / "images" / dataset.coco.imgs[10]["file_name"]
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UnreadableImageError, match=rf"{re.escape(str(path))} \(image id 10 of split 'train'.*is not a "
+                                                   r"readable image"):
+        dataset[0]
 
 
 def test_splits_share_the_first_splits_label_mapping(user_coco, coco_writer):
