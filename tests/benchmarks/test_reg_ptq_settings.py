@@ -39,7 +39,9 @@ def test_every_method_is_a_valid_configuration():
         assert merged.recon.weight_lr == (1e-3 if name.endswith("_w") and merged.recon.steps > 0 else 0.0), name
         assert merged.features.weight == (0.5 if "_feat_" in name or "_fisher_" in name else 0.0), name
         assert merged.features.fisher == ("_fisher_" in name), name
-        assert label, name
+        assert isinstance(label, str) and label.strip(), name
+    labels = [label for label, _, _ in METHODS.values()]
+    assert len(set(labels)) == len(labels), "two methods share a label: their rows could not be told apart"
 
 
 @pytest.mark.parametrize("family", sorted(FEATURE_MODULES))

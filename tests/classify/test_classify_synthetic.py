@@ -75,5 +75,9 @@ def test_bad_settings_are_named(kwargs, message, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_difficulty_defaults_pass_their_own_check():
-    ClassDifficulty().check(32)
+def test_difficulty_defaults_pass_their_own_check_and_bounds_are_enforced():
+    ClassDifficulty().check(32)  # raises on a bad default
+    with pytest.raises(ValueError, match=r"need min_size \* image_size >= 4 pixels"):
+        ClassDifficulty().check(8)  # the default min_size is too small for 8-pixel images
+    with pytest.raises(ValueError, match=r"need noise >= 0"):
+        ClassDifficulty(noise=-0.1).check(32)
