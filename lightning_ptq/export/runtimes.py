@@ -18,6 +18,7 @@ Runtime settings that matter for the numbers:
 """
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -121,15 +122,16 @@ def output_differences(model: nn.Module, reference: nn.Module, batches) -> dict[
 def images_per_second(model: nn.Module, images: torch.Tensor, batch_size: int, min_seconds: float = 2.0,
                       warmup: int = 2) -> float:
     """Throughput of ``model`` on batches of ``batch_size`` images cut from ``images`` (repeated as
-    needed): ``warmup`` untimed calls, then calls until ``min_seconds`` have passed."""
+    needed): ``warmup`` untimed calls, then calls until ``min_seconds`` have passed (at least 5);
+    ``batch_size`` over the median call time, so that a call slowed by other work on the cores
+    does not move the figure."""
     reps = -(-batch_size // len(images))
     batch = images.repeat(reps, 1, 1, 1)[:batch_size].contiguous()
     for _ in range(warmup):
         model(batch)
-    done, start = 0, time.perf_counter()
-    while True:
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_seconds:
+        begin = time.perf_counter()
         model(batch)
-        done += batch_size
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
+        times.append(time.perf_counter() - begin)
+    return batch_size / statistics.median(times)
