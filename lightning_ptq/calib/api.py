@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import lightning as L
 from torch import nn
 
+from ..core.training import library_trainer, quiet_lightning
 from ..io import resume_checkpoint
 from .module import CalibrationModule
 from .observe import ForwardFn, calibrate_ranges, default_forward
@@ -68,14 +68,16 @@ def calibrate(
     if checkpoint_dir:
         callbacks.append(resume_checkpoint(checkpoint_dir, every_n_train_steps=max(steps // 10, 1)))
     kwargs = dict(
-        max_steps=steps, accelerator="auto", devices=1, logger=False, enable_model_summary=False,
-        enable_checkpointing=bool(checkpoint_dir), callbacks=callbacks, num_sanity_val_steps=0,
+        max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=bool(checkpoint_dir),
+        callbacks=callbacks, num_sanity_val_steps=0,
     )
     kwargs.update(trainer_kwargs or {})
-    trainer = L.Trainer(**kwargs)
     hooks = qdrop_hooks(qmodel, drop_prob) if drop_prob > 0 else []
     try:
-        trainer.fit(module, train_dataloaders=batches, ckpt_path=str(resume) if resume and resume.exists() else None)
+        with quiet_lightning():
+            trainer = library_trainer("calibrating", **kwargs)
+            trainer.fit(module, train_dataloaders=batches,
+                        ckpt_path=str(resume) if resume and resume.exists() else None)
     finally:
         for h in hooks:
             h.remove()

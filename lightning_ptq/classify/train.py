@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..core.training import library_trainer, quiet_lightning
 from ..io import atomic_torch_save, resume_checkpoint
 from ..models.cached_training import train_or_load, train_settings
 from ..models.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
@@ -136,16 +137,18 @@ def train_classifier(datamodule, model_kwargs: dict, train: dict, work_dir: str 
                         drop_last=len(dataset) > train["batch_size"], persistent_workers=datamodule.num_workers > 0)
     has_val = "val" in datamodule.splits
     work_dir = Path(work_dir)
-    trainer = L.Trainer(
-        max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
-        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, **(trainer_kwargs or {}),
-    )
-    last = work_dir / "last.ckpt"
-    trainer.fit(module, loader, datamodule.loader("val") if has_val else None,
-                ckpt_path=last if last.is_file() else None)
-    if "test" in datamodule.splits:
-        trainer.test(module, datamodule.loader("test"), verbose=False)
+    with quiet_lightning():
+        trainer = library_trainer(
+            "pretraining the classifier",
+            max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
+            callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
+            limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, **(trainer_kwargs or {}),
+        )
+        last = work_dir / "last.ckpt"
+        trainer.fit(module, loader, datamodule.loader("val") if has_val else None,
+                    ckpt_path=last if last.is_file() else None)
+        if "test" in datamodule.splits:
+            trainer.test(module, datamodule.loader("test"), verbose=False)
     return module
 
 

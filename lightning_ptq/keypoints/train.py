@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.training import library_trainer, quiet_lightning
 from ..io import atomic_torch_save, resume_checkpoint
 from ..models.cached_training import train_or_load, train_settings
 from ..models.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
@@ -88,14 +89,16 @@ def train_keypoint_model(datamodule, model_kwargs: dict, train: dict, work_dir: 
                             lr=train["lr"], weight_decay=train["weight_decay"])
     datamodule.batch_size = train["batch_size"]
     work_dir = Path(work_dir)
-    trainer = L.Trainer(
-        max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
-        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, train["epochs"] // 3), **(trainer_kwargs or {}),
-    )
-    last = work_dir / "last.ckpt"
-    trainer.fit(module, datamodule.train_dataloader(), datamodule.val_dataloader(),
-                ckpt_path=last if last.is_file() else None)
+    with quiet_lightning():
+        trainer = library_trainer(
+            "pretraining the keypoint model",
+            max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
+            callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
+            num_sanity_val_steps=0, check_val_every_n_epoch=max(1, train["epochs"] // 3), **(trainer_kwargs or {}),
+        )
+        last = work_dir / "last.ckpt"
+        trainer.fit(module, datamodule.train_dataloader(), datamodule.val_dataloader(),
+                    ckpt_path=last if last.is_file() else None)
     return module
 
 

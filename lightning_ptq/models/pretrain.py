@@ -16,6 +16,7 @@ import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..core.training import library_trainer, quiet_lightning
 from ..data import detection_collate
 from ..io import resume_checkpoint
 from ..quant.config import ConfigError
@@ -72,13 +73,15 @@ def _pretrain(datamodule, name: str, kwargs: dict, train: dict, work_dir: Path,
                         num_workers=datamodule.num_workers, collate_fn=detection_collate, drop_last=True,
                         persistent_workers=datamodule.num_workers > 0)
     has_val = "val" in datamodule.splits
-    trainer = L.Trainer(
-        max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
-        callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
-        check_val_every_n_epoch=train["val_every"], limit_val_batches=1.0 if has_val else 0,
-        num_sanity_val_steps=0, **trainer_kwargs,
-    )
-    last = work_dir / "last.ckpt"
-    trainer.fit(module, loader, datamodule.val_dataloader() if has_val else None,
-                ckpt_path=last if last.is_file() else None)
+    with quiet_lightning():
+        trainer = library_trainer(
+            "pretraining the detector",
+            max_epochs=train["epochs"], default_root_dir=work_dir, logger=False,
+            callbacks=[resume_checkpoint(work_dir, save_on_train_epoch_end=True)],
+            check_val_every_n_epoch=train["val_every"], limit_val_batches=1.0 if has_val else 0,
+            num_sanity_val_steps=0, **trainer_kwargs,
+        )
+        last = work_dir / "last.ckpt"
+        trainer.fit(module, loader, datamodule.val_dataloader() if has_val else None,
+                    ckpt_path=last if last.is_file() else None)
     return module
