@@ -2,12 +2,13 @@
 QDQ exports at W8A8, W4A8, W4A4), onnxruntime's own INT8 quantizer as a reference, and the integer
 executor; side by side in one process, on the same FP model, calibration images and test split.
 
-    python benchmarks/deploy.py                                   # calibrates W8A8, W4A8, W4A4
+    python benchmarks/deploy.py                                   # calibrates W8A8 (+ LAQ head), W4A8, W4A4
     python benchmarks/deploy.py --state W8A8=<run>/quantized_state_dict.pt --state W4A4=...
 
 Per model: mAP@[.5:.95] on the test split, the difference from the PyTorch simulation of the same
 model, the largest output difference, the file size and images/s at batch 1 and 32 with 1 and 2
-threads; speed is quoted as a ratio to the same runtime's FP32 export in the same run. The
+threads; speed is quoted as a ratio to the same runtime's FP32 export, timed in alternation with it
+(best of two timings each: the machine's speed drifts by tens of percent over minutes). The
 ``QCDQ`` rows carry 4-bit codes in 8-bit types (``to_onnx(..., int4_types=False)``): OpenVINO
 2026.4 crashes on uint4 activations after a Concat, and onnxruntime has int8 but no int4 kernels.
 ``onnxruntime quantize_static`` is onnxruntime's INT8 QDQ quantizer (min/max calibration, per
@@ -24,11 +25,11 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from lightning_ptq.app import eval_kwargs, load_data_and_model
+from lightning_ptq.detection import eval_kwargs, load_data_and_model
 from lightning_ptq.export import to_onnx
 from lightning_ptq.export.integer import to_integer
 from lightning_ptq.export.onnx import to_onnx_float
-from lightning_ptq.export.runtimes import RuntimeModel, images_per_second, output_differences
+from lightning_ptq.export.runtimes import RUNTIMES, RuntimeModel, images_per_second, output_differences
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write, atomic_write_json
 from lightning_ptq.models import evaluate_detections
@@ -41,6 +42,7 @@ from lightning_ptq.quant.swap import quantized_layers
 RECIPES = {"W8A8": ("yolo_w8a8", []), "W8A8_laq_head": ("yolo_w8a8", ["quant.laq_patterns=[head.*]", "quant.laq_on=weights"]),
            "W4A8": ("yolo_w4a8", []), "W4A4": ("yolo_w4a4", [])}
 SPEEDS = [(1, 1), (1, 2), (32, 1), (32, 2)]  # (batch, threads)
+ROUNDS = 2  # each speed is the best of this many timings, alternated with the FP32 baseline's
 
 
 def quantized(bits: str, fp_model, batches, state: str | None, overrides: list[str]):
@@ -107,22 +109,37 @@ def main() -> None:
     def evaluate(model) -> float:
         return evaluate_detections(model, test, progress=False, **eval_kwargs(cfg))["map"]
 
-    def timed(model) -> dict:
-        out = {}
+    def at_threads(model, threads: int):
+        if isinstance(model, RuntimeModel):
+            return RuntimeModel(model.path, model.template, example, model.runtime, threads)
+        torch.set_num_threads(threads)
+        return model
+
+    def timed(model, baseline) -> tuple[dict, dict]:
+        """images/s of ``model`` and of its runtime's FP32 ``baseline``, timed in alternation
+        (best of ROUNDS each), so that a ratio compares the two on the same machine state."""
+        speed, base = {}, {}
         for batch, threads in SPEEDS:
-            if isinstance(model, RuntimeModel):
-                model = RuntimeModel(model.path, model.template, example, model.runtime, threads)
-            else:
-                torch.set_num_threads(threads)
-            out[f"b{batch}_t{threads}"] = images_per_second(model, images, batch, min_seconds=1.5)
+            key, ours, theirs = f"b{batch}_t{threads}", [], []
+            for _ in range(ROUNDS):
+                if baseline is not None:
+                    theirs.append(images_per_second(at_threads(baseline, threads), images, batch, min_seconds=1.0))
+                ours.append(images_per_second(at_threads(model, threads), images, batch, min_seconds=1.0))
+            speed[key] = max(ours)
+            base[key] = max(theirs) if theirs else speed[key]
         torch.set_num_threads(os.cpu_count() or 1)
-        return out
+        return speed, base
 
     work = Path(tempfile.mkdtemp(prefix="deploy_bench_"))
     rows = []
 
+    baselines = {}
+
     def add(name, runtime, model, reference, path=None, sim_map=None):
-        row = {"model": name, "runtime": runtime, "map": evaluate(model), "speed": timed(model),
+        baseline = None if name == "FP32" else baselines.get(runtime, fp_model)  # PyTorch for sim / integer
+        speed, fp32_speed = timed(model, baseline)
+        row = {"model": name, "runtime": runtime, "map": evaluate(model), "speed": speed, "fp32_speed": fp32_speed,
+               "speedup": {k: v / fp32_speed[k] for k, v in speed.items()},
                "size_kib": Path(path).stat().st_size / 1024 if path else None}
         if reference is not None:
             row["sim_map"] = sim_map
@@ -133,8 +150,9 @@ def main() -> None:
 
     add("FP32", "pytorch", fp_model, None)
     fp_path = to_onnx_float(fp_model, example, work / "fp32.onnx")
-    for runtime in ("onnxruntime", "openvino"):
-        add("FP32", runtime, RuntimeModel(fp_path, fp_model, example, runtime), None, fp_path)
+    for runtime in RUNTIMES:
+        baselines[runtime] = RuntimeModel(fp_path, fp_model, example, runtime)
+        add("FP32", runtime, baselines[runtime], None, fp_path)
     int8_path = ort_int8(fp_path, batches, work / "ort_int8.onnx")
     for runtime in ("onnxruntime", "openvino"):
         add("onnxruntime quantize_static INT8", runtime, RuntimeModel(int8_path, fp_model, example, runtime), fp_model,
@@ -156,10 +174,6 @@ def main() -> None:
         if not args.no_integer:
             add(f"ours {bits}", "integer executor", to_integer(qmodel, [b[0] for b in batches]), qmodel, None, sim)
 
-    fp32_speed = {r["runtime"]: r["speed"] for r in rows if r["model"] == "FP32"}
-    for row in rows:
-        base = fp32_speed.get(row["runtime"].split(" ")[0], fp32_speed["pytorch"])
-        row["speedup"] = {k: v / base[k] for k, v in row["speed"].items()}
     result = {"settings": {"image_size": cfg.data.image_size, "calib_images": sum(len(b[0]) for b in batches), "cpu_threads": os.cpu_count(),
                            "states": states}, "rows": rows}
     atomic_write_json(result, args.out)

@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write, atomic_write_json
 from lightning_ptq.report import mean_and_spread
@@ -40,7 +40,7 @@ def main() -> None:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cfg = compose_config(["+recipe=yolo_w4a4", "logger=none", f"seed={seed}",
                                       f"quant.laq_shift_exact={str(shift_exact).lower()}", *args.overrides])
-                results = run(cfg, run_dir)
+                results = run_job(cfg, run_dir)
             runs.append({"k": "shift-exact (1/n)" if shift_exact else "learnable", "seed": seed,
                          "map": results["quant.map"], "fp_map": results["fp.map"]})
             print(f"seed {seed} {runs[-1]['k']}: W4A4 mAP {runs[-1]['map']:.4f}", flush=True)

@@ -42,9 +42,9 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import Subset, default_collate
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.classify import evaluate_accuracy
-from lightning_ptq.classify.job import load_classification_data_and_model
+from lightning_ptq.classify.task import load_classification_data_and_model
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
 from lightning_ptq.pipeline import quantize_and_calibrate
@@ -142,9 +142,9 @@ def summarise_classifier(runs: list[dict]) -> list[dict]:
 def detector_runs(overrides: list[str], out: Path) -> dict:
     common = ["logger=none", "trainer.enable_progress_bar=false", *overrides]
     # the same calibration as the search recipe's (no weight tuning), on the first calib images
-    plain = run(compose_config(["+recipe=yolo_w4a4", "calib.weight_lr=0", *common]), out.with_name(out.name + "_yolo_plain"))
+    plain = run_job(compose_config(["+recipe=yolo_w4a4", "calib.weight_lr=0", *common]), out.with_name(out.name + "_yolo_plain"))
     start = time.perf_counter()
-    searched = run(compose_config(["+recipe=yolo_w4a4_search", *common]), out.with_name(out.name + "_yolo_search"))
+    searched = run_job(compose_config(["+recipe=yolo_w4a4_search", *common]), out.with_name(out.name + "_yolo_search"))
     searched["job_minutes"] = (time.perf_counter() - start) / 60
     keep = lambda r: {k: v for k, v in r.items() if isinstance(v, (int, float, bool))}  # noqa: E731
     return {"yolo_w4a4": keep(plain), "yolo_w4a4_search": keep(searched)}
@@ -156,7 +156,7 @@ def detector_selection_runs(overrides: list[str], seeds: list[int], selections: 
     runs = []
     for selection in selections:
         for seed in seeds:
-            r = run(compose_config(["+recipe=yolo_w4a4_search", "logger=none", "trainer.enable_progress_bar=false",
+            r = run_job(compose_config(["+recipe=yolo_w4a4_search", "logger=none", "trainer.enable_progress_bar=false",
                                     f"search.selection={selection}", f"search.seed={seed}", f"seed={seed}", *overrides]),
                     out.with_name(f"{out.name}_yolo_{selection}_{seed}"))
             runs.append({"selection": selection, "seed": seed, "fp_test": r["fp.map"], "test_start": r["search.test_start"],

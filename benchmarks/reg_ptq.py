@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from lightning_ptq.app import eval_kwargs, load_data_and_model
+from lightning_ptq.detection import eval_kwargs, load_data_and_model
 from lightning_ptq.pipeline import quantize_and_calibrate
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.io import atomic_write_json
@@ -87,7 +87,7 @@ METHODS = {
                         {"loss": "fgl", "weight_lr": WEIGHT_LR, "recon": {"steps": 200, "weight_lr": WEIGHT_LR}}),
     "laq_fgl_fisher_w": ("LAQ + FGL + Fisher-weighted features + weights", LAQ_HEAD,
                          {"loss": "fgl", "weight_lr": WEIGHT_LR, "features": FEATURES_FISHER}),
-    # variants tried on seed 0 (see the README)
+    # variants tried on seed 0 (see docs/research_log.md)
     "laq_fgl_joint": ("LAQ + FGL + dense term", LAQ_HEAD, {"loss": "fgl", "fgl": {"lambda_local": 1.0}}),
     "laq_fgl_qdrop": ("LAQ + FGL + QDrop", LAQ_HEAD, {"loss": "fgl", "drop_prob": 0.5}),
     "laq_recon_fgl": ("LAQ + block recon + FGL", LAQ_HEAD, {"loss": "fgl", "recon": {"steps": 200}}),

@@ -14,11 +14,11 @@ register_recipes()
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from .app import run  # imported here so that --help and config errors answer fast
+    from .job import run_job  # imported here so that --help and config errors answer fast
     from .core import UserError
 
     try:
-        results = run(cfg, HydraConfig.get().runtime.output_dir)
+        results = run_job(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as err:
         # A problem with the input, not a bug: one paragraph saying what and how to fix it.
         print(f"lightning_ptq: {type(err).__name__}: {err}", file=sys.stderr)

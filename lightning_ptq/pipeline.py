@@ -1,6 +1,6 @@
-"""The steps every job shares (detectors and keypoint models): checking the calibration settings,
-choosing the distillation loss, taking the calibration batches, quantizing and calibrating, and
-logging the result to W&B."""
+"""The steps the job (:mod:`lightning_ptq.job`) runs for every task: checking the calibration
+settings, choosing the distillation loss, taking the calibration batches, quantizing and
+calibrating, saving, exporting, and logging the result to W&B."""
 from __future__ import annotations
 
 import time

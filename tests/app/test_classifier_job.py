@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.core import UserError
 from lightning_ptq.classify import SplitFolderNotFoundError
 from lightning_ptq.hydra_setup import compose_config
@@ -28,7 +28,7 @@ def cache_dir(tmp_path_factory):
 
 
 def test_search_job_on_balanced_sets_and_its_parameter_file_rebuilds_the_result(cache_dir, tmp_path):
-    results = run(tiny_cfg(cache_dir, "search.threshold=0.0"), tmp_path / "search")
+    results = run_job(tiny_cfg(cache_dir, "search.threshold=0.0"), tmp_path / "search")
     tmp_path = tmp_path / "search"
     assert results["calib_images"] == 20  # 2 per class x 10 classes
     saved = json.loads((tmp_path / "search.json").read_text())
@@ -38,22 +38,22 @@ def test_search_job_on_balanced_sets_and_its_parameter_file_rebuilds_the_result(
     assert results["search.val_final"] >= results["search.val_start"]
     assert {"layer_params.json", "sensitivity.png", "results.json", "packed.pt"} <= {p.name for p in tmp_path.iterdir()}
 
-    again = run(tiny_cfg(cache_dir, f"calib.layer_params={tmp_path / 'layer_params.json'}", search=False),
+    again = run_job(tiny_cfg(cache_dir, f"calib.layer_params={tmp_path / 'layer_params.json'}", search=False),
                 tmp_path.parent / "applied")
     assert again["quant.acc"] == results["quant.acc"]  # the searched model, without searching
 
 
 def test_plain_classifier_job_calibrates_on_the_first_pool_images(cache_dir, tmp_path):
-    results = run(tiny_cfg(cache_dir, "calib.num_images=24", search=False), tmp_path)
+    results = run_job(tiny_cfg(cache_dir, "calib.num_images=24", search=False), tmp_path)
     assert results["calib_images"] == 24 and "search.val_final" not in results
     assert 0.0 <= results["quant.acc"] <= 1.0 and results["size_ratio"] > 4
 
 
 def test_pool_too_small_and_wrong_loss(cache_dir, tmp_path):
     with pytest.raises(PoolTooSmallError, match=r"cannot give 2 calibration \+ 20 validation images per class"):
-        run(tiny_cfg(cache_dir, "search.val_per_class=20"), tmp_path)
+        run_job(tiny_cfg(cache_dir, "search.val_per_class=20"), tmp_path)
     with pytest.raises(ConfigError, match="calib.loss=fgl needs a detector; for a classifier model use output_mse"):
-        run(tiny_cfg(cache_dir, "calib.loss=fgl"), tmp_path)
+        run_job(tiny_cfg(cache_dir, "calib.loss=fgl"), tmp_path)
 
 
 def test_a_user_imagefolder_without_the_pool_split_is_named(cache_dir, tmp_path):
@@ -61,5 +61,5 @@ def test_a_user_imagefolder_without_the_pool_split_is_named(cache_dir, tmp_path)
         (tmp_path / "data" / split / "cat").mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cat" / "0.png")
     with pytest.raises(SplitFolderNotFoundError, match=r"Split folder .*pool does not exist") as err:
-        run(tiny_cfg(cache_dir, f"data.root={tmp_path / 'data'}", "data.generate_default=false"), tmp_path / "run")
+        run_job(tiny_cfg(cache_dir, f"data.root={tmp_path / 'data'}", "data.generate_default=false"), tmp_path / "run")
     assert isinstance(err.value, UserError)  # the command line prints it without a traceback

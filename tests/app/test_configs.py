@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config, recipe_names
-from lightning_ptq.quant import QuantConfig
+from lightning_ptq.quant import ConfigError, QuantConfig
 
 
 def test_recipes_exist():
@@ -131,10 +131,37 @@ def test_configs_found_after_plain_non_editable_install(tmp_path):
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "keypoint").glob("*.yaml")))
 def test_every_keypoint_option_builds_its_model(option):
-    from lightning_ptq.keypoints.job import keypoint_model_kwargs
+    from lightning_ptq.keypoints.task import keypoint_model_kwargs
     from lightning_ptq.keypoints.model import KeypointNet
 
     cfg = compose_config(["+recipe=keypoint_w4a4", f"keypoint={option}", "logger=none"])
     model = KeypointNet(7, **keypoint_model_kwargs(cfg))
     assert model.compensate == option.endswith("_comp")
     assert model.logits == ("linear" if option.startswith("plain") else "cosine")
+
+
+@pytest.mark.parametrize("recipe, task", [("yolo_w4a4", "DetectionTask"), ("fcos_w4a4", "DetectionTask"),
+                                          ("keypoint_w4a4", "KeypointTask"),
+                                          ("classifier_w4a4_search", "ClassificationTask")])
+def test_the_config_chooses_the_task(recipe, task, tmp_path):
+    from lightning_ptq.core.task import Task
+    from lightning_ptq.job import make_task
+
+    made = make_task(compose_config([f"+recipe={recipe}", f"cache_dir={tmp_path}", "logger=none"]))
+    assert type(made).__name__ == task and isinstance(made, Task)
+
+
+@pytest.mark.parametrize("target, message", [
+    ("collections.OrderedDict", r"model.task._target_='collections.OrderedDict' does not implement the Task "
+                                r"protocol \(lightning_ptq.core.task.Task\): it lacks name, metric, metric_label, "
+                                r"maximize, searchable, check, load, evaluate, calibration_sets"),
+    ("lightning_ptq.nope.Task", r"model.task._target_='lightning_ptq.nope.Task' is not a class that can be imported"),
+])
+def test_a_task_target_that_is_not_a_task_is_named_with_what_it_lacks(target, message, tmp_path):
+    from lightning_ptq.job import run_job
+
+    cfg = compose_config(["+recipe=yolo_w4a4", f"cache_dir={tmp_path / 'cache'}", "logger=none",
+                          f"model.task._target_={target}"])
+    with pytest.raises(ConfigError, match=message):
+        run_job(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists()  # nothing loaded or written

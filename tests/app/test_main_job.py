@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.calib import EmptyCalibrationError
 from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError, UnreadableImageError
 from lightning_ptq.hydra_setup import compose_config
@@ -38,7 +38,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(cache_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    return run(tiny_cfg(cache_dir), run_dir), run_dir
+    return run_job(tiny_cfg(cache_dir), run_dir), run_dir
 
 
 def test_tiny_end_to_end_writes_results_and_artifacts(first_run):
@@ -61,7 +61,7 @@ def test_second_run_reuses_the_cached_detector(first_run, cache_dir, tmp_path):
     cached = list((cache_dir / "models").glob("yolo-*.pt"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
-    again = run(tiny_cfg(cache_dir, "quant.w_bits=8", "quant.a_bits=8"), tmp_path)
+    again = run_job(tiny_cfg(cache_dir, "quant.w_bits=8", "quant.a_bits=8"), tmp_path)
     assert cached[0].stat().st_mtime_ns == mtime
     assert again["fp.map"] == pytest.approx(results["fp.map"])  # same FP model, same test split
 
@@ -72,7 +72,7 @@ def test_reexport_of_a_finished_run_measures_the_runtimes(first_run, cache_dir, 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     results, run_dir = first_run
-    again = run(tiny_cfg(cache_dir, f"calib.quantized_state={run_dir / 'quantized_state_dict.pt'}", "export=all",
+    again = run_job(tiny_cfg(cache_dir, f"calib.quantized_state={run_dir / 'quantized_state_dict.pt'}", "export=all",
                          "export.speed_seconds=0.1", "export.speed_batch=4"), tmp_path)
     assert again["quant.map"] == pytest.approx(results["quant.map"])  # the same calibrated model
     for prefix in ("onnx", "openvino"):
@@ -97,13 +97,13 @@ def test_bad_export_settings(cache_dir, tmp_path):
     from lightning_ptq.quant import ConfigError
 
     with pytest.raises(ConfigError, match=r"export.formats has \['tflite'\]: choose among onnx, integer"):
-        run(tiny_cfg(cache_dir, "export=onnx", "export.formats=[tflite]"), tmp_path)
+        run_job(tiny_cfg(cache_dir, "export=onnx", "export.formats=[tflite]"), tmp_path)
     with pytest.raises(ConfigError, match=r"calib.quantized_state='.*nowhere.pt' does not exist"):
-        run(tiny_cfg(cache_dir, f"calib.quantized_state={tmp_path}/nowhere.pt"), tmp_path)
+        run_job(tiny_cfg(cache_dir, f"calib.quantized_state={tmp_path}/nowhere.pt"), tmp_path)
 
 
 def test_every_conv_including_the_head_is_quantized(cache_dir):
-    from lightning_ptq.app import load_data_and_model
+    from lightning_ptq.detection import load_data_and_model
     from lightning_ptq.quant import QuantConfig, quantize
 
     cfg = tiny_cfg(cache_dir)
@@ -123,7 +123,7 @@ def test_fcos_end_to_end_with_the_filtered_global_loss(cache_dir, tmp_path):
         "model.kwargs.fpn_channels=32", "model.kwargs.num_convs=1", "calib.steps=2", "calib.loss=fgl",
         "quant.w_init=minmax",  # the MSE range search over ResNet-18's 11.7 M weights alone takes ~30 s
     ])
-    results = run(cfg, tmp_path)
+    results = run_job(cfg, tmp_path)
     assert (results["w_bits"], results["a_bits"]) == (4, 4) and 0.0 <= results["quant.map"] <= 1.0
     assert results["size_ratio"] > 6
     assert len(list((cache_dir / "models").glob("fcos-*.pt"))) == 1
@@ -134,7 +134,7 @@ def test_fcos_end_to_end_with_the_filtered_global_loss(cache_dir, tmp_path):
 
 def test_wandb_offline_run_files(cache_dir, tmp_path):
     cfg = tiny_cfg(cache_dir, "logger=wandb", f"logger.save_dir={tmp_path}", "calib.steps=1")
-    run(cfg, tmp_path)
+    run_job(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
@@ -146,7 +146,7 @@ def test_a_mistyped_dataset_folder_is_an_error_and_is_never_created(cache_dir, t
     # generate_default is left as it is: the default data is written only at its own place
     cfg = tiny_cfg(cache_dir, f"data.root={tmp_path}/nowhere/coco")
     with pytest.raises(DatasetRootNotFoundError, match=r"nowhere/coco does not exist\. Set data\.root to your COCO"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -158,7 +158,7 @@ def test_truncated_image_names_the_file_and_image_id(cache_dir, user_copy, tmp_p
     cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(UnreadableImageError, match=rf"{re.escape(image['file_name'])} \(image id {image['id']} of "
                                                    rf"split 'calib'.*is not a readable image"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_negative_box_width_names_the_annotation(cache_dir, user_copy, tmp_path):
@@ -169,7 +169,7 @@ def test_negative_box_width_names_the_annotation(cache_dir, user_copy, tmp_path)
     cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(MalformedAnnotationError, match=rf"annotation id {data['annotations'][3]['id']} has bbox .* "
                                                        r"negative width or height"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def test_malformed_coco_json(cache_dir, user_copy, tmp_path):
     (user_copy / "annotations" / "instances_val.json").write_text('{"images": [}')
     cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(MalformedAnnotationError, match=r"instances_val\.json"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_empty_calibration_split(cache_dir, user_copy, tmp_path):
@@ -193,7 +193,7 @@ def test_empty_calibration_split(cache_dir, user_copy, tmp_path):
     path.write_text(json.dumps({**data, "images": [], "annotations": []}))
     cfg = tiny_cfg(cache_dir, f"data.root={user_copy}")
     with pytest.raises(EmptySplitError, match=r"split 'calib'.*lists no images"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_empty_calibration_batches_from_the_api():
@@ -208,7 +208,7 @@ def test_corrupt_checkpoint(cache_dir, tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"\x80\x02garbage")
     cfg = tiny_cfg(cache_dir, f"model.checkpoint={tmp_path}/ckpt.pt")
     with pytest.raises(CorruptCheckpointError, match=r"ckpt\.pt cannot be read as a PyTorch file"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_checkpoint_of_another_model(cache_dir, first_run, tmp_path):
@@ -217,13 +217,13 @@ def test_checkpoint_of_another_model(cache_dir, first_run, tmp_path):
     torch.save(state, tmp_path / "theirs.pt")  # a bare state_dict of the 1/8-width model
     cfg = tiny_cfg(cache_dir, f"model.checkpoint={tmp_path}/theirs.pt", "model.kwargs.width_mult=0.25")
     with pytest.raises(CheckpointMismatchError, match=r"does not fit the configured detector.*shape mismatch"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_layer_pattern_matching_nothing(cache_dir, first_run, tmp_path):
     cfg = tiny_cfg(cache_dir, "quant.exclude=[neck.*]")
     with pytest.raises(LayerPatternError, match=r"neck\.\*"):
-        run(cfg, tmp_path)
+        run_job(cfg, tmp_path)
 
 
 def test_cli_prints_one_paragraph_without_traceback(cache_dir, tmp_path):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.quant import ConfigError
 from lightning_ptq.search import PoolTooSmallError
@@ -25,7 +25,7 @@ def cache_dir(tmp_path_factory):
 
 
 def test_search_job_reports_validation_and_test_and_writes_its_files(cache_dir, tmp_path):
-    results = run(search_cfg(cache_dir, "search.target=1.0"), tmp_path)  # unreachable: finishes anyway
+    results = run_job(search_cfg(cache_dir, "search.target=1.0"), tmp_path)  # unreachable: finishes anyway
     saved = json.loads((tmp_path / "search.json").read_text())
     assert results["search.reached"] is False
     assert saved["evaluations"]["sensitivity"] == len(saved["layers"]) + 1
@@ -40,14 +40,14 @@ def test_search_job_reports_validation_and_test_and_writes_its_files(cache_dir, 
 
 def test_a_pool_too_small_for_the_balanced_sets_names_the_classes(cache_dir, tmp_path):
     with pytest.raises(PoolTooSmallError, match=r"cannot give 1 calibration \+ 50 validation images per class.*short: "):
-        run(search_cfg(cache_dir, "search.val_per_class=50"), tmp_path)
+        run_job(search_cfg(cache_dir, "search.val_per_class=50"), tmp_path)
 
 
 def test_bad_search_settings_fail_before_any_work(cache_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown search setting"):
-        run(search_cfg(cache_dir, "+search.max_trys=3"), tmp_path)
+        run_job(search_cfg(cache_dir, "+search.max_trys=3"), tmp_path)
     with pytest.raises(ConfigError, match="search.selection='stratified' is not allowed"):
-        run(search_cfg(cache_dir, "search.selection=stratified"), tmp_path)
+        run_job(search_cfg(cache_dir, "search.selection=stratified"), tmp_path)
     assert not any(tmp_path.iterdir())
 
 

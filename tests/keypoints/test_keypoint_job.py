@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lightning_ptq.app import run
+from lightning_ptq.job import run_job
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.quant import ConfigError
 
@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(cache_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    return run(tiny_cfg(cache_dir), run_dir), run_dir
+    return run_job(tiny_cfg(cache_dir), run_dir), run_dir
 
 
 def test_tiny_keypoint_job_writes_results_and_artifacts(first_run):
@@ -54,7 +54,7 @@ def test_second_run_reuses_the_cached_model_and_w4a4_costs_accuracy(first_run, c
     results, _ = first_run
     cached = list((cache_dir / "models").glob("keypoint-*.pt"))
     assert len(cached) == 1
-    again = run(tiny_cfg(cache_dir, "keypoint_w4a4"), tmp_path)
+    again = run_job(tiny_cfg(cache_dir, "keypoint_w4a4"), tmp_path)
     assert len(list((cache_dir / "models").glob("keypoint-*.pt"))) == 1
     assert again["fp.nme"] == pytest.approx(results["fp.nme"])  # same FP model, same test split
     assert again["quant.nme"] != pytest.approx(results["quant.nme"])
@@ -68,7 +68,7 @@ def test_second_run_reuses_the_cached_model_and_w4a4_costs_accuracy(first_run, c
 ])
 def test_bad_keypoint_settings_fail_before_any_work(override, error, message, tmp_path):
     with pytest.raises(error, match=message):
-        run(tiny_cfg(tmp_path / "cache", "keypoint_w8a8", override), tmp_path / "run")
+        run_job(tiny_cfg(tmp_path / "cache", "keypoint_w8a8", override), tmp_path / "run")
     assert not (tmp_path / "cache").exists()
 
 

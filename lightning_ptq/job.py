@@ -1,0 +1,98 @@
+"""The job: FP model -> quantize -> calibrate -> evaluate FP vs quantized -> [per-layer search]
+-> [export] -> save -> report (table, W&B).
+
+``run_job(cfg, run_dir)`` does it once for every kind of model and returns the results dict; what
+differs between detectors, keypoint models and classifiers comes from the :class:`Task` that
+``model.task._target_`` names (:mod:`lightning_ptq.core.task`). ``__main__`` is the thin Hydra
+wrapper. Every setting is checked before anything is loaded or written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from .core.task import missing_members
+from .export.deploy import check_export_config
+from .pipeline import (
+    check_calib_config, check_loss_family, deploy_and_save, log_to_wandb, print_deploy_table, quantize_and_calibrate,
+    run_results, save_run,
+)
+from .quant import ConfigError, QuantConfig
+from .search.job import check_selection, run_search, search_config, search_results
+from .search.report import search_summary_table
+
+
+def make_task(cfg: DictConfig):
+    """The task ``model.task._target_`` names, built with ``cfg``; a ConfigError when there is
+    none, it cannot be built, or it lacks members of the Task protocol."""
+    node = cfg.model.get("task")
+    if node is None or "_target_" not in node:
+        raise ConfigError("model.task._target_ is not set: name the task class of this model, e.g. "
+                          "lightning_ptq.detection.DetectionTask (the model configs in conf/model set it).")
+    try:
+        task_class = get_class(node._target_)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"model.task._target_={node._target_!r} is not a class that can be imported ({str(err).splitlines()[0]}).") from None
+    task = task_class(cfg)
+    missing = missing_members(task)
+    if missing:
+        raise ConfigError(f"model.task._target_={node._target_!r} does not implement the Task protocol "
+                          f"(lightning_ptq.core.task.Task): it lacks {', '.join(missing)}.")
+    return task
+
+
+def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run the job ``cfg`` describes; write its files to ``run_dir``; return the results."""
+    run_dir = Path(run_dir)
+    task = make_task(cfg)
+    qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
+    check_calib_config(cfg.calib)
+    check_export_config(cfg.get("export"))
+    check_loss_family(cfg.calib.loss, task.name)
+    task.check()
+    searching = bool(cfg.get("search"))
+    if searching:
+        if not task.searchable:
+            raise ConfigError(f"search: the per-layer search does not run on a {task.name} model; drop search=.")
+        search_config(cfg.search, "max" if task.maximize else "min")
+        check_selection(cfg.search)
+    L.seed_everything(cfg.seed, verbose=False)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    logger = instantiate(cfg.logger) if cfg.logger else None
+
+    _, fp_model = task.load()
+    fp = task.evaluate(fp_model)
+    batches, validate = task.calibration_sets(searching)
+    qmodel, calib_seconds = quantize_and_calibrate(
+        fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
+        checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None,
+    )
+    quant = task.evaluate(qmodel)
+    search_numbers = {}
+    if searching:
+        search = run_search(cfg, run_dir, qmodel, batches, validate, task.metric_label,
+                            "max" if task.maximize else "min", logger=logger)
+        searched = task.evaluate(qmodel)
+        search_numbers = search_results(search, fp[task.metric], quant[task.metric], searched[task.metric])
+        quant = searched  # the job's result is the searched model; search.test_start is the one before
+
+    results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
+    results |= task.extra_results(fp, quant)
+    save_run(run_dir, qmodel, results)
+    results |= deploy_and_save(cfg, fp_model, qmodel, batches, run_dir, results, task.evaluate)
+    console = Console()
+    console.print(task.table(results))
+    print_deploy_table(results, task.metric, task.metric_label)
+    if searching:
+        console.print(search_summary_table(results, task.metric_label))
+    figure = task.figure(fp_model, qmodel, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")
+    if logger is not None:
+        image, key = figure if figure else (None, "")
+        log_to_wandb(logger, results, task.table_rows(results), image, key, cfg)
+    return results
