@@ -9,6 +9,7 @@ from lightning_ptq.job import run_job
 from lightning_ptq.core import UserError
 from lightning_ptq.classify import SplitFolderNotFoundError
 from lightning_ptq.hydra_setup import compose_config
+from lightning_ptq.models.cached_training import shipped_dir
 from lightning_ptq.quant import ConfigError
 from lightning_ptq.search import PoolTooSmallError
 
@@ -47,6 +48,17 @@ def test_plain_classifier_job_calibrates_on_the_first_pool_images(cache_dir, tmp
     results = run_job(tiny_cfg(cache_dir, "calib.num_images=24", search=False), tmp_path)
     assert results["calib_images"] == 24 and "search.val_final" not in results
     assert 0.0 <= results["quant.acc"] <= 1.0 and results["size_ratio"] > 4
+
+
+def test_the_shipped_classifier_keeps_its_accuracy_through_a_tiny_calibration(tmp_path):
+    """The tiny test split is the first 40 images of the default one, where the shipped FP
+    classifier is accurate; W4A4 must keep most of it (a collapse to chance fails here)."""
+    shipped = next(shipped_dir().glob("classifier-*.pt"))
+    data = [o for o in TINY if not o.startswith("model.")]
+    results = run_job(compose_config(["+recipe=classifier_w4a4_search", f"cache_dir={tmp_path / 'cache'}", *data,
+                                      "~search", "calib.num_images=24", f"model.checkpoint={shipped}"]), tmp_path / "run")
+    assert results["fp.acc"] > 0.8  # measured: 0.90
+    assert results["retention"] > 0.75  # measured: 0.889
 
 
 def test_pool_too_small_and_wrong_loss(cache_dir, tmp_path):
