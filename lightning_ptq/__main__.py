@@ -7,9 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .hydra_setup import config_dir, register_recipes
-
-register_recipes()
+from .hydra_setup import config_dir
 
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
