@@ -117,8 +117,7 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
         num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
         recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
         weight_lr=calib.weight_lr,
-        trainer_kwargs=dict(logger=logger or False, enable_progress_bar=trainer.enable_progress_bar,
-                            accelerator=trainer.accelerator, devices=trainer.devices),
+        trainer_kwargs={**OmegaConf.to_container(trainer, resolve=True), "logger": logger or False},
     )
     return qmodel, time.perf_counter() - start
 

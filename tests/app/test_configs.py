@@ -165,3 +165,27 @@ def test_a_task_target_that_is_not_a_task_is_named_with_what_it_lacks(target, me
     with pytest.raises(ConfigError, match=message):
         run_job(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()  # nothing loaded or written
+
+
+def test_every_trainer_setting_reaches_the_calibration_trainer(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    from lightning_ptq.calib import api
+    from lightning_ptq.pipeline import quantize_and_calibrate
+
+    seen = {}
+
+    def recording(what, **kwargs):
+        seen.update(kwargs)
+        return real(what, **kwargs)
+
+    real = api.library_trainer
+    monkeypatch.setattr(api, "library_trainer", recording)
+    cfg = compose_config(["+recipe=yolo_w4a4", f"cache_dir={tmp_path}", "logger=none", "calib.loss=output_mse",
+                          "calib.steps=2", "calib.init_batches=1", "trainer.precision=bf16-mixed",
+                          "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
+    fp = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    quantize_and_calibrate(fp, QuantConfig(w_bits=8, a_bits=8), [torch.rand(2, 3, 8, 8)], cfg.calib, cfg.trainer)
+    assert {k: seen[k] for k in ("precision", "accelerator", "devices", "enable_progress_bar")} == {
+        "precision": "bf16-mixed", "accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
