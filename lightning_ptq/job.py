@@ -16,13 +16,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from .core.errors import ConfigError
 from .core.task import missing_members
 from .export.deploy import check_export_config
 from .pipeline import (
     check_calib_config, check_loss_family, deploy_and_save, log_to_wandb, print_deploy_table, quantize_and_calibrate,
     run_results, save_run,
 )
-from .quant import ConfigError, QuantConfig
+from .quant import QuantConfig
 from .search.job import check_selection, run_search, search_config, search_results
 from .search.report import search_summary_table
 

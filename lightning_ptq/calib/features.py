@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
-from ..quant.config import ConfigError
+from ..core.errors import ConfigError
 from ..quant.fold import flatten_tensors
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
-from ..quant.config import ConfigError
+from ..core.errors import ConfigError
 from .losses import OutputMSE
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ..quant.config import ConfigError, QuantConfig
+from ..core.errors import ConfigError
+from ..quant.config import QuantConfig
 from .quantization import QuantizationCallback
 
 # Head layers per detector family, as fnmatch patterns on module names relative to the network.

@@ -1,5 +1,5 @@
 """What every other package of lightning_ptq builds on, and which imports none of them: the
-errors a user can cause."""
-from .errors import UserError
+errors a user can cause, the task protocol, and the Lightning runs the library makes."""
+from .errors import ConfigError, UserError
 
-__all__ = ["UserError"]
+__all__ = ["ConfigError", "UserError"]

@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with what the user gave; the message says what and how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting has a value that cannot work; the message names it and what is allowed."""

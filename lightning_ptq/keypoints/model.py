@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import UserError
 from ..calib.module import first_non_finite_module
-from ..quant.config import ConfigError
+from ..core import UserError
+from ..core.errors import ConfigError
 from .softargmax import grid_coordinates
 
 LOGIT_KINDS = ("cosine", "linear")

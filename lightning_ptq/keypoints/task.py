@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..core.errors import ConfigError
 from ..pipeline import calibration_batches
-from ..quant.config import ConfigError
 from .model import check_keypoint_settings
 from .report import keypoint_results_table, keypoint_table_rows, plot_keypoints
 from .train import evaluate_keypoints, pretrained_keypoint_model

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 from torch import nn
 
-from ..quant.config import ConfigError
+from ..core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
-from ..quant.config import ConfigError
+from ..core.errors import ConfigError
 from .fcos import FCOSNet
 from .optim import adamw_warmup_cosine
 from .yolo import YOLO

@@ -16,10 +16,10 @@ import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..core.errors import ConfigError
 from ..core.training import library_trainer, quiet_lightning
 from ..data import detection_collate
 from ..io import resume_checkpoint
-from ..quant.config import ConfigError
 from .cached_training import train_or_load, train_settings
 from .checkpoint import load_detector, save_detector
 from .detector import DETECTORS, DetectorModule

@@ -8,17 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..core import UserError
+from ..core.errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 8
 RANGE_INITS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("per_channel", "per_tensor")
 LAYER_TYPES = ("Conv2d", "Linear")
 LAQ_TARGETS = ("weights", "activations", "both")
-
-
-class ConfigError(UserError, ValueError):
-    """A setting has a value that cannot work; the message names it and what is allowed."""
 
 
 def check_bits(name: str, value: Any) -> int:

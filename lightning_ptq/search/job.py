@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
-from ..quant.config import ConfigError
+from ..core.errors import ConfigError
 from .balanced import balanced_split, random_split
 from .layerwise import SearchConfig, SearchResult, search_layers
 from .report import write_search_report

@@ -29,7 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calib.observe import ForwardFn, default_forward
-from ..quant.config import ConfigError, check_bits
+from ..core.errors import ConfigError
+from ..quant.config import check_bits
 from ..quant.laq import LogAffineQuantizer
 from ..quant.quantizer import FakeQuantizer, QuantizerBase
 from ..quant.swap import quantized_layers, set_submodule

@@ -189,3 +189,24 @@ def test_every_trainer_setting_reaches_the_calibration_trainer(tmp_path, monkeyp
     quantize_and_calibrate(fp, QuantConfig(w_bits=8, a_bits=8), [torch.rand(2, 3, 8, 8)], cfg.calib, cfg.trainer)
     assert {k: seen[k] for k in ("precision", "accelerator", "devices", "enable_progress_bar")} == {
         "precision": "bf16-mixed", "accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("calib.stesp=3", r"'calib.stesp' is not a setting: calib has no key 'stesp' \(its keys: batch_size, .*\)\. "
+                      r"Did you mean calib.steps\? To add a new key on purpose, write \+calib.stesp=3\."),
+    ("calibration.steps=3", r"the config has no key 'calibration' .* Did you mean calib\?"),
+    ("quant.wbits=4", r"Did you mean quant.w_bits\?"),
+])
+def test_a_misspelled_setting_is_named_with_the_allowed_keys_and_the_closest(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_config(["+recipe=yolo_w4a4", override])
+
+
+def test_the_command_line_names_a_misspelled_setting_in_one_paragraph(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lightning_ptq", "+recipe=yolo_w4a4", "export=onnx",
+                           "export.opsett=13", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lightning_ptq: ConfigError: 'export.opsett' is not a setting" in proc.stderr
+    assert "Did you mean export.opset?" in proc.stderr
+    assert not (tmp_path / "run").exists()
