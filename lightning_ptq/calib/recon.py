@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..io import atomic_torch_save
 from ..quant.fold import flatten_tensors
 from ..quant.layers import QuantLayerMixin
-from ..quant.swap import quantizer_parameters, quantizers
+from ..quant.quantizer import quantization_disabled
+from ..quant.swap import quantizer_parameters
 from .module import cosine_schedule, weight_groups
 from .observe import ForwardFn, default_forward
 
@@ -97,15 +98,8 @@ def _float_mode(qmodel: nn.Module):
     """``qmodel`` with every quantizer passing values through: the float network with folded BN,
     the reference each block is fitted to (the float model's own modules would be wrong where
     a conv was folded with a BN that lies outside the block)."""
-    qs = list(quantizers(qmodel).values())
-    enabled = [q.fake_quant_enabled.clone() for q in qs]
-    for q in qs:
-        q.fake_quant_enabled.fill_(0)
-    try:
+    with quantization_disabled(qmodel):
         yield qmodel
-    finally:
-        for q, flag in zip(qs, enabled):
-            q.fake_quant_enabled.copy_(flag)
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ from torch import nn
 from ..calib.batches import batch_inputs
 from ..quant.laq import LogAffineQuantizer
 from ..quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
-from ..quant.quantizer import FakeQuantizer
+from ..quant.quantizer import UniformQuantizer
 from ..quant.swap import quantized_layers, set_submodule
 from .errors import ExportError, calibrated_layers
 from .fixed_point import (
@@ -99,7 +99,7 @@ def group_matmul(a: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return out.permute(1, 0, 2).reshape(n, -1)
 
 
-def _step(q: FakeQuantizer) -> torch.Tensor:
+def _step(q: UniformQuantizer) -> torch.Tensor:
     """The grid step the simulation uses: ``step()`` (``|scale|``, floored) where the quantizer has it."""
     return (q.step() if hasattr(q, "step") else q.scale).detach()
 
@@ -133,7 +133,7 @@ class IntegerLayer(nn.Module):
 
     def __init__(self, layer: QuantLayerMixin, out_scale: float) -> None:
         super().__init__()
-        iq: FakeQuantizer = layer.input_quant
+        iq: UniformQuantizer = layer.input_quant
         self.input_quant = iq  # its codes() is the simulation's rounding
         # For code that reads a layer's weights besides calling it (the keypoint model's cosine
         # logits divide by the norm of the dequantized weights): the simulation's dequantized
@@ -213,7 +213,7 @@ class IntegerUniformLayer(IntegerLayer):
 
     def __init__(self, layer: QuantLayerMixin, out_scale: float) -> None:
         super().__init__(layer, out_scale)
-        wq: FakeQuantizer = layer.weight_quant
+        wq: UniformQuantizer = layer.weight_quant
         w = layer.weight.detach()
         w_zp = torch.round(wq.zero_point.detach()).clamp(wq.q_min, wq.q_max)
         shape = wq._param_shape(w)
@@ -422,7 +422,7 @@ def _float_reason(layer: QuantLayerMixin) -> str | None:
         return "input quantizer disabled"
     if isinstance(iq, LogAffineQuantizer):
         return "LAQ input quantizer (log codes do not add up as integers)"
-    if not isinstance(iq, FakeQuantizer):
+    if not isinstance(iq, UniformQuantizer):
         return f"input quantizer {type(iq).__name__} has no integer codes"
     if iq.scale.numel() > 1 and not torch.all(_step(iq) == _step(iq).reshape(-1)[0]):
         return "per-channel input scales"
@@ -434,7 +434,7 @@ def _float_reason(layer: QuantLayerMixin) -> str | None:
     if isinstance(wq, LogAffineQuantizer):
         if wq.shift_steps() is None:
             return "general-k LAQ weights (levels are not powers of two)"
-    elif not isinstance(wq, FakeQuantizer):
+    elif not isinstance(wq, UniformQuantizer):
         return f"weight quantizer {type(wq).__name__} has no integer codes"
     return None
 

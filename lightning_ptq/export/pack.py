@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..quant.factory import QuantizerSpec, make_quantizer
 from ..quant.laq import LogAffineQuantizer
 from ..quant.layers import QuantLayerMixin
-from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.quantizer import QuantizerBase
 from ..quant.swap import quantized_layers
 
 
@@ -43,9 +44,9 @@ def quantizer_entry(q: QuantizerBase) -> dict[str, torch.Tensor | str]:
 
 def quantizer_from_entry(entry: dict, symmetric: bool) -> QuantizerBase:
     bits, axis, params = int(entry["bits"]), int(entry["channel_axis"]), entry["params"]
-    kwargs = dict(channel_axis=None if axis < 0 else axis, num_channels=params["mu" if "mu" in params else "scale"].numel(),
-                  learnable=False)
-    q = LogAffineQuantizer(bits, **kwargs) if entry["kind"] == "laq" else FakeQuantizer(bits, symmetric, **kwargs)
+    q = make_quantizer(QuantizerSpec(
+        entry["kind"], bits, symmetric=symmetric, channel_axis=None if axis < 0 else axis,
+        num_channels=params["mu" if "mu" in params else "scale"].numel(), learnable=False))
     with torch.no_grad():
         for name, value in params.items():
             getattr(q, name).copy_(value)

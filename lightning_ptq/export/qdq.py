@@ -2,7 +2,7 @@
 
 Every handler gets the calibrated quantizer and writes what the simulation computes with it:
 
-* :class:`~lightning_ptq.quant.quantizer.FakeQuantizer` as weights: the integer codes as an
+* :class:`~lightning_ptq.quant.quantizer.UniformQuantizer` as weights: the integer codes as an
   int8 / int4 initializer and a ``DequantizeLinear`` (per output channel, zero point 0);
   as layer inputs: ``QuantizeLinear`` -> ``DequantizeLinear`` with the scale and the rounded zero
   point the simulation uses (uint8 / uint4, per tensor). Widths without an ONNX type (2, 3, 5, 6,
@@ -27,7 +27,7 @@ import ml_dtypes
 from onnx import TensorProto, helper, numpy_helper
 
 from ..quant.laq import LogAffineQuantizer
-from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.quantizer import QuantizerBase, UniformQuantizer
 from .errors import INT4_OPSET, ExportError
 
 _NUMPY_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8,
@@ -82,7 +82,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 # -- weights ------------------------------------------------------------------------------------
-def uniform_weight(q: FakeQuantizer, weight: torch.Tensor, name: str, out: str, opset: int, edit: GraphEdit) -> str:
+def uniform_weight(q: UniformQuantizer, weight: torch.Tensor, name: str, out: str, opset: int, edit: GraphEdit) -> str:
     """Integer codes + ``DequantizeLinear`` producing ``out``."""
     dtype, _ = code_type(q.bits, True, opset, edit.int4_types)  # weight codes are in range: no Clip
     codes = (q.codes(weight.detach()) + q.q_min).cpu().numpy()
@@ -127,7 +127,7 @@ def laq_weight(q: LogAffineQuantizer, weight: torch.Tensor, name: str, out: str,
 
 
 # -- layer inputs -------------------------------------------------------------------------------
-def uniform_input(q: FakeQuantizer, x: str, name: str, out: str, opset: int, edit: GraphEdit) -> str:
+def uniform_input(q: UniformQuantizer, x: str, name: str, out: str, opset: int, edit: GraphEdit) -> str:
     """``QuantizeLinear`` (-> ``Clip``) -> ``DequantizeLinear`` from ``x`` to ``out``."""
     dtype, clip = code_type(q.bits, False, opset, edit.int4_types)
     scale = q.step().detach().cpu().float().numpy()
@@ -188,5 +188,5 @@ def laq_input(q: LogAffineQuantizer, x: str, name: str, out: str, opset: int, ed
     return f"log-affine {q.bits}-bit rounding in float ops"
 
 
-WEIGHT_HANDLERS = {FakeQuantizer: uniform_weight, LogAffineQuantizer: laq_weight}
-INPUT_HANDLERS = {FakeQuantizer: uniform_input, LogAffineQuantizer: laq_input}
+WEIGHT_HANDLERS = {UniformQuantizer: uniform_weight, LogAffineQuantizer: laq_weight}
+INPUT_HANDLERS = {UniformQuantizer: uniform_input, LogAffineQuantizer: laq_input}

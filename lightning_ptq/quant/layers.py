@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
+from .factory import QuantizerSpec, make_quantizer
 from .fuse import FusedConv2d
-from .laq import LogAffineQuantizer
-from .quantizer import FakeQuantizer, QuantizerBase
+from .quantizer import QuantizerBase
 
 
 class QuantLayerMixin:
@@ -39,20 +39,16 @@ class QuantLayerMixin:
         if isinstance(module, FusedConv2d):
             new.activation = module.activation
         per_channel = cfg.w_granularity == "per_channel"
-        w_args = dict(channel_axis=0 if per_channel else None, num_channels=module.weight.shape[0] if per_channel else 1,
-                      learnable=cfg.learnable)
-        new.weight_quant = (
-            LogAffineQuantizer(w_bits, shift_exact=cfg.laq_shift_exact, **w_args) if laq_weights
-            else FakeQuantizer(w_bits, symmetric=True, init=cfg.w_init, percentile=cfg.percentile, **w_args)
-        )
+        new.weight_quant = make_quantizer(QuantizerSpec(
+            "laq" if laq_weights else "uniform", w_bits, symmetric=True, channel_axis=0 if per_channel else None,
+            num_channels=module.weight.shape[0] if per_channel else 1, init=cfg.w_init, percentile=cfg.percentile,
+            learnable=cfg.learnable, shift_exact=cfg.laq_shift_exact))
         a_per_channel = cfg.a_granularity == "per_channel"
         in_channels = module.weight.shape[1] * getattr(module, "groups", 1)
-        a_args = dict(channel_axis=1 if a_per_channel else None, num_channels=in_channels if a_per_channel else 1,
-                      learnable=cfg.learnable, max_samples=cfg.act_samples)
-        new.input_quant = (
-            LogAffineQuantizer(a_bits, shift_exact=cfg.laq_shift_exact, **a_args) if laq_inputs
-            else FakeQuantizer(a_bits, symmetric=False, init=cfg.a_init, percentile=cfg.percentile, **a_args)
-        )
+        new.input_quant = make_quantizer(QuantizerSpec(
+            "laq" if laq_inputs else "uniform", a_bits, symmetric=False, channel_axis=1 if a_per_channel else None,
+            num_channels=in_channels if a_per_channel else 1, init=cfg.a_init, percentile=cfg.percentile,
+            learnable=cfg.learnable, shift_exact=cfg.laq_shift_exact, max_samples=cfg.act_samples))
         new.to(module.weight.device)
         return new.train(module.training)
 

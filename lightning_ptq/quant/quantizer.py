@@ -14,6 +14,9 @@ checkpoints and replicated under DDP):
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -167,7 +170,7 @@ class QuantizerBase(nn.Module):
         return f"bits={self.bits}, {gran}, {state}"
 
 
-class FakeQuantizer(QuantizerBase):
+class UniformQuantizer(QuantizerBase):
     """Uniform affine fake quantizer with LSQ-learnable scale (and zero point).
 
     Args:
@@ -239,3 +242,19 @@ class FakeQuantizer(QuantizerBase):
 
     def extra_repr(self) -> str:
         return f"{'symmetric' if self.symmetric else 'asymmetric'}, init={self.init}, {self._state_repr()}"
+
+
+@contextmanager
+def quantization_disabled(target: nn.Module | Iterable[QuantizerBase]) -> Iterator[None]:
+    """Inside the block every quantizer of ``target`` (a model, or the quantizers themselves)
+    passes values through; afterwards each is back on or off as it was."""
+    qs = [m for m in target.modules() if isinstance(m, QuantizerBase)] if isinstance(target, nn.Module) else list(target)
+    was_on = [bool(q.fake_quant_enabled) for q in qs]
+    for q in qs:
+        q.disable()
+    try:
+        yield
+    finally:
+        for q, on in zip(qs, was_on):
+            if on:
+                q.enable()

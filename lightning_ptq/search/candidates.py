@@ -9,12 +9,13 @@ same bits, then more bits, then float.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from ..quant.factory import make_quantizer, spec_of
 from ..quant.laq import LogAffineQuantizer
-from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.quantizer import QuantizerBase
 from ..quant.ranges import clipped_range, init_range
 
 
@@ -61,13 +62,10 @@ def candidates_for(weight_quant: QuantizerBase, input_quant: QuantizerBase, perc
 def build_quantizer(old: QuantizerBase, method: str, bits: int, rows: torch.Tensor) -> QuantizerBase:
     """A new quantizer like ``old`` (kind, sign, channels) at ``bits``, its range set by ``method``
     from ``rows`` ([C, N]: the weight's rows, or the observed inputs)."""
-    common = dict(channel_axis=old.channel_axis, num_channels=old.num_channels, learnable=False,
-                  max_samples=old.max_samples)
-    if isinstance(old, LogAffineQuantizer):
-        new = LogAffineQuantizer(bits, shift_exact=old.shift_exact, **common).to(rows.device)
+    new = make_quantizer(replace(spec_of(old), bits=bits, learnable=False)).to(rows.device)
+    if isinstance(new, LogAffineQuantizer):
         new.init_from_rows(rows)
         return new
-    new = FakeQuantizer(bits, old.symmetric, init=old.init, percentile=old.percentile, **common).to(rows.device)
     kind, _, arg = method.partition(":")
     if kind == "clip":
         new.set_range(*clipped_range(rows.float(), float(arg), bits, old.symmetric))

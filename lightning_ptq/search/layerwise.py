@@ -32,7 +32,8 @@ from ..calib.observe import ForwardFn, default_forward
 from ..core.errors import ConfigError
 from ..quant.config import check_bits
 from ..quant.laq import LogAffineQuantizer
-from ..quant.quantizer import FakeQuantizer, QuantizerBase
+from ..quant.factory import QuantizerSpec, make_quantizer
+from ..quant.quantizer import QuantizerBase, quantization_disabled
 from ..quant.swap import quantized_layers, set_submodule
 from .candidates import Candidate, build_quantizer, candidates_for
 from .evaluator import FunctionEvaluator
@@ -153,7 +154,10 @@ def _describe(q: QuantizerBase) -> str:
 def _set_active(layers: dict, active: set[str]) -> None:
     for name, layer in layers.items():
         for q in layer.quantizers:
-            q.fake_quant_enabled.fill_(int(name in active))
+            if name in active:
+                q.enable()
+            else:
+                q.disable()
 
 
 @torch.no_grad()
@@ -164,8 +168,8 @@ def _observe_inputs(model: nn.Module, layers: dict, batches: Iterable, forward_f
     observers, hooks = {}, []
     for name, layer in layers.items():
         q = layer.input_quant
-        obs = FakeQuantizer(8, symmetric=False, channel_axis=q.channel_axis, num_channels=q.num_channels,
-                            max_samples=max_samples)
+        obs = make_quantizer(QuantizerSpec("uniform", 8, channel_axis=q.channel_axis, num_channels=q.num_channels,
+                                           max_samples=max_samples))
         obs.enable_observation()
         observers[name] = obs
         hooks.append(layer.register_forward_pre_hook(lambda m, args, obs=obs: obs(args[0])))
@@ -293,11 +297,8 @@ def _search_layer(model, layer, record: LayerRecord, rows: torch.Tensor, score: 
     the validation metric neither costs bits nor fits the validation set."""
     name = record.name
     old = {"weight": layer.weight_quant, "input": layer.input_quant}
-    for q in old.values():  # the layer in float: the most its search can hope for
-        q.fake_quant_enabled.fill_(0)
-    float_score = budget.score(model, name)
-    for q in old.values():
-        q.fake_quant_enabled.fill_(1)
+    with quantization_disabled(old.values()):  # the layer in float: the most its search can hope for
+        float_score = budget.score(model, name)
     record.metric_float = budget.sign * float_score
     layer_goal = float_score - cfg.tolerance
     best = {"score": score, "weight": old["weight"], "input": old["input"], "weight_method": "first",

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ptq.callbacks import QuantizationCallback
-from lightning_ptq.quant import FakeQuantizer, QuantConv2d
+from lightning_ptq.quant import UniformQuantizer, QuantConv2d
 
 
 class PlainClassifier(L.LightningModule):
@@ -76,7 +76,7 @@ def test_callback_calibrates_and_tests_user_module(trained, tmp_path):
     cb = QuantizationCallback({"w_bits": 8, "a_bits": 8}, calib_dataloader=_data(seed=2), num_batches=4)
     q_acc = _trainer(tmp_path, [cb]).test(model, _data(seed=1), verbose=False)[0]["test/acc"]
     assert isinstance(model.net[0], QuantConv2d)
-    assert all(q.is_active for m in model.modules() if isinstance(m, FakeQuantizer) for q in [m])
+    assert all(q.is_active for m in model.modules() if isinstance(m, UniformQuantizer) for q in [m])
     assert abs(q_acc - fp_acc) <= 0.03
 
 
@@ -95,7 +95,7 @@ def test_fit_resume_and_test_from_checkpoint(trained, tmp_path):
     cb.calibrate = lambda *a: pytest.fail("must not recalibrate: the checkpoint holds the ranges")
     acc2 = _trainer(tmp_path, [cb]).test(fresh, _data(seed=1), ckpt_path=ckpt, verbose=False)[0]["test/acc"]
     assert acc2 == pytest.approx(acc)
-    scales = [m.scale for m in fresh.modules() if isinstance(m, FakeQuantizer)]
+    scales = [m.scale for m in fresh.modules() if isinstance(m, UniformQuantizer)]
     assert all(s.ne(1.0).any() for s in scales)  # loaded, not the initial value
 
     resumed = PlainClassifier()

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ptq.callbacks import HEAD_PATTERNS, RegPTQCallback
 from lightning_ptq.models import YOLO, detect
-from lightning_ptq.quant import ConfigError, FakeQuantizer, LayerPatternError, quantized_layers
+from lightning_ptq.quant import ConfigError, UniformQuantizer, LayerPatternError, quantized_layers
 from lightning_ptq.quant.laq import LogAffineQuantizer
 
 
@@ -59,7 +59,7 @@ def test_head_gets_laq_and_the_rest_stays_uniform(tmp_path):
     rest = {n: l for n, l in layers.items() if not n.startswith("head.")}
     assert head and rest
     assert all(isinstance(q, LogAffineQuantizer) and q.initialized for l in head.values() for q in l.quantizers)
-    assert all(isinstance(q, FakeQuantizer) and q.initialized for l in rest.values() for q in l.quantizers)
+    assert all(isinstance(q, UniformQuantizer) and q.initialized for l in rest.values() for q in l.quantizers)
 
 
 def test_unknown_family_and_unmatched_head_pattern(tmp_path):

@@ -170,7 +170,7 @@ def test_unknown_layer_and_quantizer_types(tmp_path):
 
     q = calibrated(CONFIGS["w8a8"])
     q.dw.input_quant = MyQuantizer(8)
-    with pytest.raises(ExportError, match=r"layer 'dw': its input quantizer is a MyQuantizer.*known: FakeQuantizer"):
+    with pytest.raises(ExportError, match=r"layer 'dw': its input quantizer is a MyQuantizer.*known: UniformQuantizer"):
         to_onnx(q, images(), tmp_path / "m.onnx")
 
 

@@ -40,9 +40,9 @@ def test_log_affine_layers_export_and_decode_exactly(laq_on, tmp_path):
     q = quantize(model, QuantConfig(w_bits=4, a_bits=4, laq_patterns=("2",), laq_on=laq_on))
     calibrate_ranges(q, [torch.randn(4, 3, 8, 8)], progress=False)
     head = quantized_layers(q)["2"]
-    assert type(head.weight_quant).__name__ == ("LogAffineQuantizer" if laq_on != "activations" else "FakeQuantizer")
-    assert type(head.input_quant).__name__ == ("LogAffineQuantizer" if laq_on != "weights" else "FakeQuantizer")
-    assert type(quantized_layers(q)["0"].weight_quant).__name__ == "FakeQuantizer"
+    assert type(head.weight_quant).__name__ == ("LogAffineQuantizer" if laq_on != "activations" else "UniformQuantizer")
+    assert type(head.input_quant).__name__ == ("LogAffineQuantizer" if laq_on != "weights" else "UniformQuantizer")
+    assert type(quantized_layers(q)["0"].weight_quant).__name__ == "UniformQuantizer"
     exported = export_packed(q)
     torch.save(exported, tmp_path / "packed.pt")
     loaded = torch.load(tmp_path / "packed.pt", weights_only=True)

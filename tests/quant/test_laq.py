@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_ptq.quant import FakeQuantizer
+from lightning_ptq.quant import UniformQuantizer
 from lightning_ptq.quant.laq import LogAffineQuantizer
 
 
@@ -15,7 +15,7 @@ def test_laq_beats_mse_optimal_uniform_on_laplace(bits):
     x = _laplace()
     laq = LogAffineQuantizer(bits, channel_axis=0, num_channels=16)
     laq.init_from(x)
-    uniform = FakeQuantizer(bits, symmetric=False, channel_axis=0, num_channels=16, init="mse")
+    uniform = UniformQuantizer(bits, symmetric=False, channel_axis=0, num_channels=16, init="mse")
     uniform.init_from(x)
     laq_err, uni_err = (laq(x) - x).pow(2).mean(), (uniform(x) - x).pow(2).mean()
     assert laq_err < 0.8 * uni_err

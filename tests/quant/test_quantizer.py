@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from lightning_ptq.quant import FakeQuantizer
+from lightning_ptq.quant import UniformQuantizer
 from lightning_ptq.quant.ranges import init_range
 
 
 def test_disabled_quantizer_is_identity():
-    q = FakeQuantizer(4, symmetric=False)
+    q = UniformQuantizer(4, symmetric=False)
     x = torch.randn(2, 3, 4, 4)
     q.init_from(x)
     q.disable()
@@ -14,14 +14,14 @@ def test_disabled_quantizer_is_identity():
 
 
 def test_uninitialised_quantizer_passes_through():
-    q = FakeQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
+    q = UniformQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
     x = torch.randn(3, 5)
     assert torch.equal(q(x), x)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_observe_then_finalize_sets_minmax_range(bits):
-    q = FakeQuantizer(bits, symmetric=False, init="minmax")
+    q = UniformQuantizer(bits, symmetric=False, init="minmax")
     q.enable_observation()
     batches = [torch.rand(4, 10) * 3 - 1, torch.rand(4, 10) * 5 - 2]
     for b in batches:
@@ -56,14 +56,14 @@ def test_percentile_clips_outliers():
 
 def test_per_channel_ranges_differ_per_channel():
     w = torch.randn(4, 32) * torch.tensor([[0.1], [1.0], [5.0], [20.0]])
-    q = FakeQuantizer(8, symmetric=True, channel_axis=0, num_channels=4, init="minmax")
+    q = UniformQuantizer(8, symmetric=True, channel_axis=0, num_channels=4, init="minmax")
     q.init_from(w)
     torch.testing.assert_close(q.scale, w.abs().amax(dim=1) / 127)
     assert (q(w) - w).abs().amax(dim=1).le(q.scale / 2 + 1e-7).all()
 
 
 def test_gradients_reach_scale_and_zero_point():
-    q = FakeQuantizer(4, symmetric=False, init="minmax")
+    q = UniformQuantizer(4, symmetric=False, init="minmax")
     x = torch.randn(8, 16, requires_grad=True)
     q.init_from(x)
     q(x * 1.5).pow(2).sum().backward()  # values beyond the range give zero-point gradients
@@ -73,16 +73,16 @@ def test_gradients_reach_scale_and_zero_point():
 
 
 def test_finalize_without_observation_raises():
-    q = FakeQuantizer(4, symmetric=False)
+    q = UniformQuantizer(4, symmetric=False)
     q.enable_observation()
     with pytest.raises(RuntimeError, match="observed no values"):
         q.finalize()
 
 
 def test_state_dict_round_trip():
-    q = FakeQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
+    q = UniformQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
     q.init_from(torch.randn(3, 9))
-    fresh = FakeQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
+    fresh = UniformQuantizer(4, symmetric=True, channel_axis=0, num_channels=3)
     fresh.load_state_dict(q.state_dict())
     x = torch.randn(3, 9)
     assert fresh.is_active
