@@ -37,7 +37,7 @@ import matplotlib
 import torch
 from rich.console import Console
 
-from lightning_ptq.io import atomic_write_json
+from lightning_ptq.core.io import atomic_write_json
 from lightning_ptq.keypoints.metrics import axis_line_fit, nme
 from lightning_ptq.report import mean_and_spread
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.io import atomic_write_json
+from lightning_ptq.core.io import atomic_write_json
 from lightning_ptq.keypoints import KeypointNet
 from lightning_ptq.keypoints.synthetic import KEYPOINT_NAMES
 

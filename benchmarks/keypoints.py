@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.io import atomic_write_json
+from lightning_ptq.core.io import atomic_write_json
 from lightning_ptq.keypoints.task import keypoint_model_kwargs, load_keypoint_data_and_model
 from lightning_ptq.keypoints.train import evaluate_keypoints
 from lightning_ptq.pipeline import calibration_batches, quantize_and_calibrate

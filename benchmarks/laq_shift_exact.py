@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lightning_ptq.job import run_job
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.io import atomic_write, atomic_write_json
+from lightning_ptq.core.io import atomic_write, atomic_write_json
 from lightning_ptq.report import mean_and_spread
 
 

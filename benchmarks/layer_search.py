@@ -46,7 +46,7 @@ from lightning_ptq.job import run_job
 from lightning_ptq.classify import evaluate_accuracy
 from lightning_ptq.classify.task import load_classification_data_and_model
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.io import atomic_write_json
+from lightning_ptq.core.io import atomic_write_json
 from lightning_ptq.pipeline import quantize_and_calibrate
 from lightning_ptq.quant import QuantConfig
 from lightning_ptq.report import mean_and_spread

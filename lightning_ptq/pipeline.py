@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .core.checkpoint import load_strict, read_checkpoint
 from .core.errors import ConfigError
+from .core.io import atomic_torch_save, atomic_write_json
 from .export import export_packed, float_size_bytes, packed_size_bytes
 from .export.deploy import deploy
-from .io import atomic_torch_save, atomic_write_json
-from .models.checkpoint import load_strict, read_checkpoint
 from .quant import QuantConfig, quantize
 from .report import deploy_table
 from .search.params import apply_layer_params

@@ -1,5 +1,5 @@
 """Train the FP models of the default recipes and put them in ``lightning_ptq/pretrained/``, where a
-first run finds them instead of pretraining (see ``lightning_ptq/models/cached_training.py``).
+first run finds them instead of pretraining (see ``lightning_ptq/core/cached_training.py``).
 
     python scripts/ship_pretrained.py          # about 10 minutes on 2 CPU cores
 
@@ -20,7 +20,7 @@ from lightning_ptq.detection import load_data_and_model
 from lightning_ptq.classify.task import load_classification_data_and_model
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.keypoints.task import keypoint_model_kwargs, load_keypoint_data_and_model
-from lightning_ptq.models.cached_training import SHIPPED_ENV, shipped_dir
+from lightning_ptq.core.cached_training import SHIPPED_ENV, shipped_dir
 
 LOADERS = {
     "yolo_w4a4": load_data_and_model,

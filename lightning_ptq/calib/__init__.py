@@ -1,7 +1,7 @@
 """Calibration: range observation, distillation losses, block reconstruction, the calibration
 LightningModule."""
+from ..core.tree import batch_inputs
 from .api import calibrate
-from .batches import batch_inputs
 from .features import FeatureMatching
 from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
 from .keypoint_loss import KeypointDistillLoss

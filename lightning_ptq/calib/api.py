@@ -6,8 +6,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..core.io import resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
-from ..io import resume_checkpoint
 from .module import CalibrationModule
 from .observe import ForwardFn, calibrate_ranges, default_forward
 from .recon import qdrop_hooks, reconstruct

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError
-from ..quant.fold import flatten_tensors
+from ..core.tree import flatten_tensors
 
 
 def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:

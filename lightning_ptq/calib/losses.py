@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.fold import flatten_tensors
+from ..core.tree import flatten_tensors
 
 
 class OutputMSE:

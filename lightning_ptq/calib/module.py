@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from ..core import UserError
-from ..io import atomic_torch_save
-from ..quant.fold import flatten_tensors
+from ..core.io import atomic_torch_save
+from ..core.tree import first_non_finite_module
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
-from .batches import batch_inputs
 from .losses import OutputMSE
 from .observe import ForwardFn, default_forward
 
@@ -152,29 +151,3 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim
     scheduler steps, then held at 0."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
-
-
-@torch.no_grad()
-def first_non_finite_module(model: nn.Module, batch, forward_fn: ForwardFn = default_forward) -> str | None:
-    """Name of the first module (in call order) whose output holds NaN or inf on ``batch``;
-    ``"<input>"`` when the batch itself does; ``None`` when every output is finite."""
-    try:
-        if not torch.isfinite(batch_inputs(batch)).all():
-            return "<input>"
-    except TypeError:  # a batch structure only forward_fn understands
-        pass
-    found: list[str] = []
-
-    def hook(name):
-        def check(module, args, out):
-            if not found and any(not torch.isfinite(t).all() for t in flatten_tensors(out) if t.is_floating_point()):
-                found.append(name)
-        return check
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        forward_fn(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else None

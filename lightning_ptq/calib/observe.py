@@ -8,9 +8,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import UserError
+from ..core.tree import batch_inputs
 from ..quant.quantizer import NonFiniteObservationError
 from ..quant.swap import quantized_layers
-from .batches import batch_inputs
 
 ForwardFn = Callable[[nn.Module, object], object]
 

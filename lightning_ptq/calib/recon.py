@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_torch_save
-from ..quant.fold import flatten_tensors
+from ..core.io import atomic_torch_save
+from ..core.tree import flatten_tensors
 from ..quant.layers import QuantLayerMixin
 from ..quant.quantizer import quantization_disabled
 from ..quant.swap import quantizer_parameters

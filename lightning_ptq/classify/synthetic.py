@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data.generated import write_generated_dataset
+from ..core.generated import write_generated_dataset
 from ..data.synthetic_detection import (
     _background, _draw_distractors, _pick_colour, _rasterise, _rotate, _to_uint8, _unit_circle,
 )

@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..core.cached_training import train_or_load, train_settings
+from ..core.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
+from ..core.io import atomic_torch_save, resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
-from ..io import atomic_torch_save, resume_checkpoint
-from ..models.cached_training import train_or_load, train_settings
-from ..models.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
 from .model import TinyResNet
 

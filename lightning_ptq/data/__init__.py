@@ -1,11 +1,11 @@
 """Detection data: the synthetic default dataset generator and a COCO-format data module (and
 the split-folder base and safe dataset writing that the keypoint data reuses)."""
+from ..core.generated import NotAGeneratedDatasetError, write_generated_dataset
+from ..core.images import UnreadableImageError, read_rgb
 from .coco import (
     AnnotationFileNotFoundError, CocoDataModule, CocoDetectionDataset, DatasetRootNotFoundError,
     EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, detection_collate, load_coco,
 )
-from .generated import NotAGeneratedDatasetError, write_generated_dataset
-from .images import UnreadableImageError, read_rgb
 from .preview import save_preview
 from .synthetic_detection import CLASS_NAMES, DEFAULT_SPLITS, Difficulty, generate_detection_dataset
 

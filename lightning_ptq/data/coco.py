@@ -27,8 +27,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from ..core import UserError
-from .generated import resolve_root
-from .images import read_rgb
+from ..core.generated import resolve_root
+from ..core.images import read_rgb
 from .synthetic_detection import generate_detection_dataset
 
 log = logging.getLogger(__name__)

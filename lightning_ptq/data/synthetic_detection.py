@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .generated import write_generated_dataset
+from ..core.generated import write_generated_dataset
 
 FORMAT_VERSION = 1
 CLASS_NAMES = ("circle", "square", "triangle", "plus", "ring", "star")

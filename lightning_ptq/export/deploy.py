@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..core.errors import ConfigError
-from ..io import atomic_write_json
+from ..core.io import atomic_write_json
 from .errors import INT4_OPSET
 from .integer import compare_layers, to_integer
 from .onnx import MIN_OPSET, require, to_onnx, to_onnx_float

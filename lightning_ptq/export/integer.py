@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calib.batches import batch_inputs
+from ..core.tree import batch_inputs
 from ..quant.laq import LogAffineQuantizer
 from ..quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
 from ..quant.quantizer import UniformQuantizer

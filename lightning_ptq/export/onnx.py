@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten_with_path
 
-from ..io import atomic_write
+from ..core.io import atomic_write
 from ..quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
 from ..quant.swap import dequantize, quantized_layers
 from .errors import INT4_OPSET, ExportError, calibrated_layers

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calib.module import first_non_finite_module
 from ..core import UserError
 from ..core.errors import ConfigError
+from ..core.tree import first_non_finite_module
 from .softargmax import grid_coordinates
 
 LOGIT_KINDS = ("cosine", "linear")

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.cached_training import train_or_load, train_settings
+from ..core.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
+from ..core.io import atomic_torch_save, resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
-from ..io import atomic_torch_save, resume_checkpoint
-from ..models.cached_training import train_or_load, train_settings
-from ..models.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
 from ..models.optim import adamw_warmup_cosine
 from .metrics import KeypointEvaluator, nme
 from .model import KeypointNet, check_finite, keypoint_loss

@@ -1,9 +1,7 @@
 """The detectors (the embedded YOLOv8-style default and torchvision FCOS), their losses, training,
 inference and evaluation."""
-from .checkpoint import (
-    CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, checkpoint_format, load_detector,
-    read_checkpoint, save_detector,
-)
+from ..core.checkpoint import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, read_checkpoint
+from .checkpoint import checkpoint_format, load_detector, save_detector
 from .detector import DETECTORS, DetectorModule, build_detector, detect, evaluate_detections
 from .fcos import FCOSAdapter, FCOSNet, detection_scores, score_logits
 from .pretrain import MODELS, TRAIN_DEFAULTS, pretrained_detector

@@ -16,11 +16,11 @@ import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..core.cached_training import train_or_load, train_settings
 from ..core.errors import ConfigError
+from ..core.io import resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
 from ..data import detection_collate
-from ..io import resume_checkpoint
-from .cached_training import train_or_load, train_settings
 from .checkpoint import load_detector, save_detector
 from .detector import DETECTORS, DetectorModule
 

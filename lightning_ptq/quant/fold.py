@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.tree import flatten_tensors
+
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """``conv`` absorbs ``bn``: w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta."""
@@ -82,14 +84,3 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         out = model(x)
     model.train(was_training)
     return flatten_tensors(out)
-
-
-def flatten_tensors(out) -> list[torch.Tensor]:
-    """All tensors in a nested output (tensor, tuple/list, dict) in a fixed order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in flatten_tensors(out[k])]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten_tensors(o)]
-    return []

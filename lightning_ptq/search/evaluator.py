@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..calib.batches import batch_inputs
+from ..core.tree import batch_inputs
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 

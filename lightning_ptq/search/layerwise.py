@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from ..calib.observe import ForwardFn, default_forward
 from ..core.errors import ConfigError
 from ..quant.config import check_bits
-from ..quant.laq import LogAffineQuantizer
 from ..quant.factory import QuantizerSpec, make_quantizer
+from ..quant.laq import LogAffineQuantizer
 from ..quant.quantizer import QuantizerBase, quantization_disabled
 from ..quant.swap import quantized_layers, set_submodule
 from .candidates import Candidate, build_quantizer, candidates_for

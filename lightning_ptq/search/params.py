@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..core import UserError
+from ..core.io import atomic_write_json
 from ..export.pack import quantizer_entry, quantizer_from_entry
-from ..io import atomic_write_json
 from ..quant.swap import quantized_layers, set_submodule
 
 FORMAT = "lightning_ptq.layer_params/1"

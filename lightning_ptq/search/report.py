@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from ..io import atomic_write_json  # noqa: E402
+from ..core.io import atomic_write_json  # noqa: E402
 from .layerwise import SearchResult  # noqa: E402
 from .params import save_layer_params  # noqa: E402
 

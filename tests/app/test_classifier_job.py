@@ -9,7 +9,7 @@ from lightning_ptq.job import run_job
 from lightning_ptq.core import UserError
 from lightning_ptq.classify import SplitFolderNotFoundError
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.models.cached_training import shipped_dir
+from lightning_ptq.core.cached_training import shipped_dir
 from lightning_ptq.quant import ConfigError
 from lightning_ptq.search import PoolTooSmallError
 

@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_ptq.calib import CalibrationModule, NonFiniteCalibrationError, NonFiniteLossError, calibrate, calibrate_ranges
-from lightning_ptq.calib.module import LAST_GOOD, first_non_finite_module
+from lightning_ptq.calib.module import LAST_GOOD
+from lightning_ptq.core.tree import first_non_finite_module
 from lightning_ptq.quant import QuantConfig, quantize
 
 TRAINER = dict(enable_progress_bar=False, accelerator="cpu")

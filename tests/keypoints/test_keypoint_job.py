@@ -6,7 +6,7 @@ import torch
 
 from lightning_ptq.job import run_job
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.models.cached_training import shipped_dir
+from lightning_ptq.core.cached_training import shipped_dir
 from lightning_ptq.quant import ConfigError
 
 TINY = [

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core import UserError
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from importlib.resources import files
 from collections.abc import Callable, Mapping
+from importlib.resources import files
 from pathlib import Path
 
 import lightning as L
 from torch import nn
 
-from ..core.errors import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

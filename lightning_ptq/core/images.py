@@ -5,7 +5,7 @@ import os
 
 from PIL import Image
 
-from ..core import UserError
+from .errors import UserError
 
 
 class UnreadableImageError(UserError, ValueError):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ptq.models.cached_training import train_or_load, train_settings
+from lightning_ptq.core.cached_training import train_or_load, train_settings
 from lightning_ptq.quant import ConfigError
 
 
