@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from ..core import UserError
+from ..core.coco_folders import DatasetRootNotFoundError, EmptySplitError
 from ..core.generated import resolve_root
 from ..core.images import read_rgb
-from ..data.coco import DatasetRootNotFoundError, EmptySplitError
 from .synthetic import generate_classification_dataset
 
 log = logging.getLogger(__name__)

@@ -34,10 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.drawing import background, draw_distractors, pick_colour, rasterise, rotate, to_uint8, unit_circle
 from ..core.generated import write_generated_dataset
-from ..data.synthetic_detection import (
-    _background, _draw_distractors, _pick_colour, _rasterise, _rotate, _to_uint8, _unit_circle,
-)
 
 FORMAT_VERSION = 1
 CLASS_NAMES = ("circle", "ellipse", "hexagon", "pentagon", "plus", "rectangle", "ring", "square", "star",
@@ -143,38 +141,38 @@ def _write_split(out: Path, split: str, count: int, first_id: int, image_size: i
 def render_class_image(rng: np.random.Generator, label: int, image_size: int,
                        difficulty: ClassDifficulty) -> np.ndarray:
     """One image of class ``label`` (an index into :data:`CLASS_NAMES`): uint8 [S, S, 3]."""
-    canvas = Image.fromarray(_to_uint8(_background(rng, image_size)))
-    _draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.clutter)
+    canvas = Image.fromarray(to_uint8(background(rng, image_size)))
+    draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.clutter)
     image = np.asarray(canvas, dtype=np.float32) / 255.0
     outer, hole = _class_polygons(label, rng, difficulty, image_size)
-    alpha, region = _rasterise(outer, hole, shift=0.0)
-    colour = _pick_colour(rng, image[region], alpha, difficulty.min_contrast)
+    alpha, region = rasterise(outer, hole, shift=0.0)
+    colour = pick_colour(rng, image[region], alpha, difficulty.min_contrast)
     image[region] = image[region] * (1 - alpha[..., None]) + colour * alpha[..., None]
     if difficulty.occluders:
-        canvas = Image.fromarray(_to_uint8(image))
-        _draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.occluders)
+        canvas = Image.fromarray(to_uint8(image))
+        draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.occluders)
         image = np.asarray(canvas, dtype=np.float32) / 255.0
     image = image + rng.normal(0.0, difficulty.noise, image.shape).astype(np.float32)
-    return _to_uint8(image)
+    return to_uint8(image)
 
 
 def _unit_class_shape(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """Outline polygon [K, 2] of class ``label`` around the origin, and the ring's hole (else None)."""
     name = CLASS_NAMES[label]
     if name in ("circle", "ellipse"):
-        return _unit_circle(), None
+        return unit_circle(), None
     if name in ("square", "rectangle"):
         return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float), None
     if name in ("triangle", "pentagon", "hexagon"):
-        return _unit_circle({"triangle": 3, "pentagon": 5, "hexagon": 6}[name]), None
+        return unit_circle({"triangle": 3, "pentagon": 5, "hexagon": 6}[name]), None
     if name == "plus":
         a = rng.uniform(0.25, 0.4)  # half-width of an arm
         return np.array([[a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a],
                          [-1, a], [-1, -a], [-a, -a], [-a, -1]], dtype=float), None
     if name == "ring":
-        return _unit_circle(), _unit_circle() * rng.uniform(0.45, 0.7)
+        return unit_circle(), unit_circle() * rng.uniform(0.45, 0.7)
     inner = rng.uniform(0.38, 0.55)  # star: 5 tips
-    return _unit_circle(10) * np.where(np.arange(10) % 2 == 0, 1.0, inner)[:, None], None
+    return unit_circle(10) * np.where(np.arange(10) % 2 == 0, 1.0, inner)[:, None], None
 
 
 def _class_polygons(label: int, rng: np.random.Generator, difficulty: ClassDifficulty, image_size: int):
@@ -186,7 +184,7 @@ def _class_polygons(label: int, rng: np.random.Generator, difficulty: ClassDiffi
     else:
         stretch = math.exp(rng.uniform(-math.log(difficulty.max_stretch), math.log(difficulty.max_stretch)))
     transform = np.diag([math.sqrt(stretch), 1 / math.sqrt(stretch)])
-    transform = transform @ _rotate(np.eye(2), rng.uniform(0, 2 * math.pi))
+    transform = transform @ rotate(np.eye(2), rng.uniform(0, 2 * math.pi))
     outer = outer @ transform
     low, high = outer.min(0), outer.max(0)
     size = rng.uniform(difficulty.min_size, difficulty.max_size) * image_size

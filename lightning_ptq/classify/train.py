@@ -24,8 +24,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..core.cached_training import train_or_load, train_settings
 from ..core.checkpoint import CheckpointMismatchError, load_strict, read_checkpoint, state_dict_of
 from ..core.io import atomic_torch_save, resume_checkpoint
+from ..core.optim import adamw_warmup_cosine
 from ..core.training import library_trainer, quiet_lightning
-from ..models.optim import adamw_warmup_cosine
 from .model import TinyResNet
 
 FORMAT = "lightning_ptq.classifier/1"

@@ -31,11 +31,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from ..core.images import read_rgb
-from ..data.coco import (
+from ..core.coco_folders import (
     AnnotationFileNotFoundError, EmptySplitError, MalformedAnnotationError, SplitFoldersDataModule,
     load_coco, split_image_ids,
 )
+from ..core.images import read_rgb
 from .synthetic import generate_keypoint_dataset
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.drawing import background, draw_distractors, pick_colour, rasterise, to_uint8
 from ..core.generated import write_generated_dataset
-from ..data.synthetic_detection import _background, _draw_distractors, _pick_colour, _rasterise, _to_uint8
 
 FORMAT_VERSION = 1
 KEYPOINT_NAMES = ("head", "neck", "hip", "left_hand", "right_hand", "left_foot", "right_foot")
@@ -157,20 +157,20 @@ def _write_split(out: Path, split: str, count: int, first_id: int, image_size: i
 def render_keypoint_image(rng: np.random.Generator, image_size: int, difficulty: KeypointDifficulty):
     """One image: ``(pixels uint8 [S, S, 3], keypoints float64 [K, 2] pixels, (x0, y0, x1, y1)
     box of the figure in pixels, pixel area of the figure)``."""
-    canvas = Image.fromarray(_to_uint8(_background(rng, image_size)))
-    _draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.clutter)
+    canvas = Image.fromarray(to_uint8(background(rng, image_size)))
+    draw_distractors(ImageDraw.Draw(canvas), rng, image_size, difficulty.clutter)
     image = np.asarray(canvas, dtype=np.float32) / 255.0
     parts, discs, keypoints = figure(rng, difficulty, image_size)
     body, marks = _coverage(parts, image_size), _coverage(discs, image_size)
-    colour = _pick_colour(rng, image, body, difficulty.min_contrast)
+    colour = pick_colour(rng, image, body, difficulty.min_contrast)
     image = image * (1 - body[..., None]) + colour * body[..., None]
-    disc_colour = _pick_colour(rng, np.broadcast_to(colour, (1, 1, 3)), np.ones((1, 1), np.float32),
+    disc_colour = pick_colour(rng, np.broadcast_to(colour, (1, 1, 3)), np.ones((1, 1), np.float32),
                                difficulty.min_contrast)
     image = image * (1 - marks[..., None]) + disc_colour * marks[..., None]
     image = image + rng.normal(0.0, difficulty.noise, image.shape).astype(np.float32)
     points = np.concatenate(parts + discs)
     box = (*(float(v) for v in points.min(0)), *(float(v) for v in points.max(0)))
-    return _to_uint8(image), keypoints, box, float(np.maximum(body, marks).sum())
+    return to_uint8(image), keypoints, box, float(np.maximum(body, marks).sum())
 
 
 def _coverage(polygons: list[np.ndarray], image_size: int) -> np.ndarray:
@@ -178,7 +178,7 @@ def _coverage(polygons: list[np.ndarray], image_size: int) -> np.ndarray:
     of one polygon: exact except where two edges cross inside a pixel, never at a landmark)."""
     cover = np.zeros((image_size, image_size), dtype=np.float32)
     for polygon in polygons:
-        alpha, region = _rasterise(polygon, None, shift=0.0)  # sub-pixel exact
+        alpha, region = rasterise(polygon, None, shift=0.0)  # sub-pixel exact
         cover[region] = np.maximum(cover[region], alpha)
     return cover
 

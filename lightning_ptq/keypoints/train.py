@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from ..core.cached_training import train_or_load, train_settings
 from ..core.checkpoint import CheckpointMismatchError, read_checkpoint, state_dict_of
 from ..core.io import atomic_torch_save, resume_checkpoint
+from ..core.optim import adamw_warmup_cosine
 from ..core.training import library_trainer, quiet_lightning
-from ..models.optim import adamw_warmup_cosine
 from .metrics import KeypointEvaluator, nme
 from .model import KeypointNet, check_finite, keypoint_loss
 

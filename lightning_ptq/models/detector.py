@@ -22,8 +22,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError
+from ..core.optim import adamw_warmup_cosine
 from .fcos import FCOSNet
-from .optim import adamw_warmup_cosine
 from .yolo import YOLO
 
 DETECTORS: dict[str, type[nn.Module]] = {"yolo": YOLO, "fcos": FCOSNet}

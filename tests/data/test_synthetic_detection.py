@@ -7,6 +7,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from lightning_ptq.data import Difficulty, NotAGeneratedDatasetError, generate_detection_dataset
+from lightning_ptq.core.drawing import rasterise
 from lightning_ptq.data import synthetic_detection as synth
 
 SPLITS = ("train", "calib", "val", "test")
@@ -78,7 +79,7 @@ def test_boxes_are_tight_around_the_rasterised_shape():
     for label in range(len(synth.CLASS_NAMES)):
         for _ in range(10):
             outer, hole = synth._shape_polygons(label, rng, Difficulty(), 128)
-            alpha, (rows, cols) = synth._rasterise(outer, hole)
+            alpha, (rows, cols) = rasterise(outer, hole)
             ys, xs = np.nonzero(alpha > 0)
             drawn = np.array([cols.start + xs.min(), rows.start + ys.min(), cols.start + xs.max() + 1, rows.start + ys.max() + 1])
             analytic = np.array([*outer.min(0), *outer.max(0)])

@@ -1,4 +1,4 @@
-"""The optimiser both the detectors and the keypoint model are pretrained with."""
+"""The optimiser the default models (detectors, keypoint model, classifier) are pretrained with."""
 from __future__ import annotations
 
 import torch
