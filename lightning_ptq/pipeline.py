@@ -3,13 +3,16 @@ settings, choosing the distillation loss, taking the calibration batches, quanti
 calibrating, saving, exporting, and logging the result to W&B."""
 from __future__ import annotations
 
+import difflib
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .calib.config import CalibConfig
 from .core.checkpoint import load_strict, read_checkpoint
 from .core.errors import ConfigError
 from .core.io import atomic_torch_save, atomic_write_json
@@ -22,8 +25,29 @@ from .search.params import apply_layer_params
 LOSSES = ("output_mse", "fgl", "keypoint_distill")
 
 
-def check_calib_config(calib: DictConfig) -> None:
-    """Fail at start-up, with the fix, on calibration settings that cannot work."""
+JOB_KEYS = ("num_images", "batch_size", "loss", "fgl", "features", "layer_params", "quantized_state", "resume")
+
+
+def calib_config(calib: DictConfig) -> CalibConfig:
+    """The :class:`CalibConfig` of the ``calib`` node (its job-level keys aside): validated once,
+    here; a key that is neither is an error naming the closest."""
+    values = OmegaConf.to_container(calib, resolve=True)
+    api = {k: v for k, v in values.items() if k not in JOB_KEYS}
+    try:
+        return CalibConfig.from_dict(api)
+    except ConfigError as err:
+        if "is not a setting" in str(err):  # name the job-level keys as allowed too
+            key = next(k for k in api if k not in {f.name for f in fields(CalibConfig)})
+            allowed = sorted([f.name for f in fields(CalibConfig)] + list(JOB_KEYS))
+            close = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(f"calib.{key} is not a setting (allowed: {', '.join(allowed)})"
+                              + (f"; did you mean calib.{close[0]}?" if close else ".")) from None
+        raise
+
+
+def check_calib_config(calib: DictConfig) -> CalibConfig:
+    """Fail at start-up, with the fix, on calibration settings that cannot work; returns the
+    :class:`CalibConfig` the job calibrates with."""
     if calib.loss not in LOSSES:
         raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
     try:
@@ -32,28 +56,10 @@ def check_calib_config(calib: DictConfig) -> None:
         raise ConfigError(f"calib.fgl: {err}") from err
     if calib.features.weight != 0:
         FeatureMatching(None, list(calib.features.modules), calib.features.weight, calib.features.fisher)
-    for key in ("num_images", "init_batches", "batch_size"):
+    for key in ("num_images", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
             raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
-    if not isinstance(calib.steps, int) or calib.steps < 0:
-        raise ConfigError(f"calib.steps={calib.steps!r} must be an integer >= 0 (0: ranges only).")
-    if calib.lr <= 0:
-        raise ConfigError(f"calib.lr={calib.lr!r} must be > 0.")
-    if calib.weight_lr < 0:
-        raise ConfigError(f"calib.weight_lr={calib.weight_lr!r} must be >= 0 (0: weights stay fixed).")
-    if not 0.0 <= calib.drop_prob < 1.0:
-        raise ConfigError(f"calib.drop_prob={calib.drop_prob!r} must lie in [0, 1).")
-    recon = calib.recon
-    if not isinstance(recon.steps, int) or recon.steps < 0:
-        raise ConfigError(f"calib.recon.steps={recon.steps!r} must be an integer >= 0 (0: no block reconstruction).")
-    if not 0.0 <= recon.drop_prob < 1.0:
-        raise ConfigError(f"calib.recon.drop_prob={recon.drop_prob!r} must lie in [0, 1).")
-    if recon.lr <= 0:
-        raise ConfigError(f"calib.recon.lr={recon.lr!r} must be > 0.")
-    if recon.weight_lr < 0:
-        raise ConfigError(f"calib.recon.weight_lr={recon.weight_lr!r} must be >= 0 (0: weights stay fixed).")
-    if not isinstance(recon.max_layers, int) or recon.max_layers < 1:
-        raise ConfigError(f"calib.recon.max_layers={recon.max_layers!r} must be a positive integer.")
+    return calib_config(calib)
 
 
 def check_loss_family(loss: str, task: str) -> None:
@@ -114,10 +120,8 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
         apply_layer_params(qmodel, calib.layer_params, strict=True)
         return qmodel, time.perf_counter() - start
     calibrate(
-        fp_model, qmodel, batches, steps=calib.steps, lr=calib.lr, loss=calibration_loss(calib, fp_model),
-        num_init_batches=calib.init_batches, checkpoint_dir=checkpoint_dir,
-        recon=OmegaConf.to_container(calib.recon, resolve=True), drop_prob=calib.drop_prob,
-        weight_lr=calib.weight_lr,
+        fp_model, qmodel, batches, calib_config(calib), loss=calibration_loss(calib, fp_model),
+        checkpoint_dir=checkpoint_dir,
         trainer_kwargs={**OmegaConf.to_container(trainer, resolve=True), "logger": logger or False},
     )
     return qmodel, time.perf_counter() - start

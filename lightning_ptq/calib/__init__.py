@@ -2,6 +2,7 @@
 LightningModule."""
 from ..core.tree import batch_inputs
 from .api import calibrate
+from .config import CalibConfig, ReconConfig
 from .features import FeatureMatching
 from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
 from .keypoint_loss import KeypointDistillLoss
@@ -11,7 +12,7 @@ from .observe import EmptyCalibrationError, NonFiniteCalibrationError, calibrate
 from .recon import find_blocks, qdrop_hooks, reconstruct
 
 __all__ = [
-    "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FeatureMatching", "FilteredGlobalLoss", "KeypointDistillLoss",
+    "CalibConfig", "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FeatureMatching", "FilteredGlobalLoss", "KeypointDistillLoss",
     "NonFiniteCalibrationError", "NonFiniteLossError", "OutputMSE", "batch_inputs", "calibrate",
-    "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct",
+    "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct", "ReconConfig",
 ]

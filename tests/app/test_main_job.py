@@ -214,11 +214,11 @@ def test_empty_calibration_split(cache_dir, user_copy, tmp_path):
 
 
 def test_empty_calibration_batches_from_the_api():
-    from lightning_ptq import QuantConfig, calibrate, quantize
+    from lightning_ptq import CalibConfig, QuantConfig, calibrate, quantize
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(EmptyCalibrationError, match="the calibration set is empty"):
-        calibrate(model, quantize(model, QuantConfig()), [], steps=1)
+        calibrate(model, quantize(model, QuantConfig()), [], CalibConfig(steps=1))
 
 
 def test_corrupt_checkpoint(cache_dir, tmp_path):

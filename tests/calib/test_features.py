@@ -4,7 +4,7 @@ calibrating, and bad module names or weights stop with a clear message."""
 import pytest
 import torch
 
-from lightning_ptq import QuantConfig, calibrate, quantize
+from lightning_ptq import CalibConfig, QuantConfig, calibrate, quantize
 from lightning_ptq.calib import FeatureMatching, OutputMSE
 from lightning_ptq.quant import ConfigError
 from lightning_ptq.quant.swap import quantizers
@@ -19,7 +19,7 @@ def _hooks(model) -> int:
 def _calibrated_pair():
     fp = tiny_net()
     qmodel = quantize(fp, QuantConfig(w_bits=3, a_bits=3))
-    calibrate(fp, qmodel, tiny_batches(), steps=0)
+    calibrate(fp, qmodel, tiny_batches(), CalibConfig(steps=0))
     return fp, qmodel
 
 
@@ -53,7 +53,7 @@ def test_calibration_with_features_removes_its_hooks_and_lowers_the_feature_erro
         qmodel = quantize(fp, QuantConfig(w_bits=3, a_bits=3))
         base = OutputMSE()
         loss = FeatureMatching(base, ["1"], weight=weight) if weight else base
-        calibrate(fp, qmodel, tiny_batches(), steps=40, lr=1e-2, loss=loss,
+        calibrate(fp, qmodel, tiny_batches(), CalibConfig(steps=40, lr=1e-2), loss=loss,
                   trainer_kwargs={"enable_progress_bar": False})
         assert _hooks(fp) == _hooks(qmodel) == 0
         with torch.no_grad():

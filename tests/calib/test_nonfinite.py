@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_ptq.calib import CalibrationModule, NonFiniteCalibrationError, NonFiniteLossError, calibrate, calibrate_ranges
+from lightning_ptq.calib import (
+    CalibConfig, CalibrationModule, NonFiniteCalibrationError, NonFiniteLossError, calibrate, calibrate_ranges,
+)
 from lightning_ptq.calib.module import LAST_GOOD
 from lightning_ptq.core.tree import first_non_finite_module
 from lightning_ptq.quant import QuantConfig, quantize
@@ -61,7 +63,7 @@ def test_nan_during_learning_stops_with_step_and_module_and_keeps_last_good_stat
     # 3 range batches, then per step one teacher and one student call: call 7 is step 1's student.
     forward = _NaNAtLearningStep(at=3 + 2 + 2)
     with pytest.raises(NonFiniteLossError, match=r"at step 1 \(first non-finite output in module '0.input_quant'\)") as err:
-        calibrate(fp, q, batches, steps=5, lr=1e-3, forward_fn=forward, checkpoint_dir=tmp_path, trainer_kwargs=TRAINER)
+        calibrate(fp, q, batches, CalibConfig(steps=5, lr=1e-3), forward_fn=forward, checkpoint_dir=tmp_path, trainer_kwargs=TRAINER)
     saved = torch.load(tmp_path / LAST_GOOD, weights_only=True)
     assert str(tmp_path / LAST_GOOD) in str(err.value)
     assert all(torch.isfinite(v).all() for v in saved.values())

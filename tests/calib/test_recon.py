@@ -7,7 +7,7 @@ from torch import nn
 from lightning_ptq.calib import calibrate_ranges
 from lightning_ptq.calib.recon import _call_order, _capture, find_blocks, qdrop_hooks, reconstruct
 from lightning_ptq.models import YOLO
-from lightning_ptq.quant import QuantConfig, quantize
+from lightning_ptq.quant import ConfigError, QuantConfig, quantize
 
 
 def _tiny_yolo():
@@ -190,16 +190,16 @@ def test_find_blocks_rejects_max_layers_below_one():
 
 
 def test_global_calibration_with_qdrop_learns_and_leaves_no_hook_behind():
-    from lightning_ptq.calib import calibrate
+    from lightning_ptq.calib import CalibConfig, calibrate
     fp, batches = _convnet(), _batches(2, size=16)
     q = _quantized(fp, batches, bits=2)
     before = q[0][0].input_quant.scale.clone()
-    calibrate(fp, q, batches, steps=4, lr=1e-2, drop_prob=0.5,
+    calibrate(fp, q, batches, CalibConfig(steps=4, lr=1e-2, drop_prob=0.5),
               trainer_kwargs=dict(enable_progress_bar=False, accelerator="cpu"))
     assert not torch.equal(q[0][0].input_quant.scale, before)
     assert all(not m._forward_hooks for m in q.modules())
-    with pytest.raises(ValueError, match=r"drop_prob=1.5 must lie in \[0, 1\)"):
-        calibrate(fp, q, batches, steps=1, drop_prob=1.5)
+    with pytest.raises(ConfigError, match=r"calib.drop_prob=1.5 must lie in \[0, 1\)"):
+        CalibConfig(steps=1, drop_prob=1.5)
 
 
 class _ExtendsItsInput(nn.Module):
@@ -260,3 +260,19 @@ def test_a_block_with_a_folded_bn_is_fitted_to_the_folded_float_output():
         torch.testing.assert_close(target, fp.bn1(fp.conv1(batches[0])), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(args[0], batches[0])
     assert q.conv1.input_quant.is_active  # quantization switched back on after the float pass
+
+
+def test_calibration_settings_are_checked_once_when_built_and_unknown_keys_are_named():
+    from lightning_ptq.calib import CalibConfig, ReconConfig
+
+    assert CalibConfig(recon={"steps": 5}).recon == ReconConfig(steps=5)
+    with pytest.raises(ConfigError, match=r"calib.recon.max_layers=0 must be a positive integer"):
+        ReconConfig(max_layers=0)
+    with pytest.raises(ConfigError, match=r"calib.stesp is not a setting \(allowed: steps, lr, init_batches, "
+                                          r"drop_prob, weight_lr, recon\); did you mean calib.steps\?"):
+        CalibConfig.from_dict({"stesp": 3})
+    with pytest.raises(ConfigError, match=r"calib.recon.setps is not a setting .*did you mean calib.recon.steps\?"):
+        CalibConfig(recon={"setps": 3})
+    with pytest.raises(TypeError, match=r"config must be a CalibConfig, got dict"):
+        from lightning_ptq.calib import calibrate
+        calibrate(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), [torch.rand(1, 3, 4, 4)], {"steps": 3})

@@ -3,7 +3,7 @@ does."""
 import pytest
 import torch
 
-from lightning_ptq import QuantConfig, calibrate, quantize
+from lightning_ptq import CalibConfig, QuantConfig, calibrate, quantize
 from lightning_ptq.calib import CalibrationModule
 from lightning_ptq.quant import quantizer_parameters
 
@@ -12,8 +12,8 @@ from tiny import tiny_batches, tiny_net
 
 def _calibrate(model, checkpoint_dir, weight_lr=0.0):
     qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
-    calibrate(model, qmodel, tiny_batches(), steps=10, lr=1e-2, checkpoint_dir=checkpoint_dir, weight_lr=weight_lr,
-              trainer_kwargs={"enable_progress_bar": False})
+    calibrate(model, qmodel, tiny_batches(), CalibConfig(steps=10, lr=1e-2, weight_lr=weight_lr),
+              checkpoint_dir=checkpoint_dir, trainer_kwargs={"enable_progress_bar": False})
     return [p.detach().clone() for p in [*quantizer_parameters(qmodel), *qmodel.parameters()]]
 
 

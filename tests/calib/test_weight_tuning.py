@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ptq import QuantConfig, calibrate, quantize
+from lightning_ptq import CalibConfig, QuantConfig, calibrate, quantize
 from lightning_ptq.calib import CalibrationModule
 from lightning_ptq.calib.module import weight_step
 from lightning_ptq.calib.losses import OutputMSE
@@ -19,7 +19,7 @@ def _error(fp, qmodel) -> float:
 
 def _calibrated(fp, weight_lr: float):
     qmodel = quantize(fp, QuantConfig(w_bits=3, a_bits=3))
-    calibrate(fp, qmodel, tiny_batches(), steps=60, lr=1e-2, weight_lr=weight_lr,
+    calibrate(fp, qmodel, tiny_batches(), CalibConfig(steps=60, lr=1e-2, weight_lr=weight_lr),
               trainer_kwargs={"enable_progress_bar": False})
     return qmodel
 
