@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import default_collate
 
+from ..core.task import TaskBase, prepared_datamodule
 from ..report import comparison_rows, comparison_table
 from ..search import StagedEvaluator
 from ..search.job import select_sets, subset_batches
@@ -23,25 +23,16 @@ CLASSIFIER_ROWS = [
 def load_classification_data_and_model(cfg: DictConfig):
     """The data module (default data generated on first use) and the FP classifier (shipped,
     trained and cached on first use, or the user's checkpoint), in eval mode."""
-    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = prepared_datamodule(cfg)
     model = pretrained_classifier(datamodule, cfg.model, cache_dir=Path(cfg.cache_dir) / "models",
                                   trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True))
     return datamodule, model.eval()
 
 
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     """Image classifiers (see :class:`~lightning_ptq.core.task.Task`)."""
 
     name, metric, metric_label, maximize, searchable = "classifier", "acc", "top-1 accuracy", True, True
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.datamodule = None
-
-    def check(self) -> None:
-        pass  # the model and data settings are checked where they are read
 
     def load(self):
         self.datamodule, fp_model = load_classification_data_and_model(self.cfg)

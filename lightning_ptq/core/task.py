@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
 
@@ -48,6 +50,27 @@ class Task(Protocol):
 
     def figure(self, fp_model: nn.Module, qmodel: nn.Module, run_dir: Path, title: str) -> tuple[Path, str] | None:
         """A picture of FP vs quantized outputs and its W&B key, or None."""
+
+
+class TaskBase:
+    """What the tasks share: the run's config, the data module once loaded, no settings of their
+    own to check. Subclass it, or implement :class:`Task` from scratch."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.datamodule = None
+
+    def check(self) -> None:
+        pass  # the model and data settings are checked where they are read
+
+
+def prepared_datamodule(cfg: DictConfig):
+    """The data module ``cfg.data`` describes, batched as ``cfg.calib.batch_size``, with its data
+    prepared (the default data generated on first use) and its splits loaded."""
+    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
 
 
 MEMBERS = ("name", "metric", "metric_label", "maximize", "searchable", "check", "load", "evaluate",

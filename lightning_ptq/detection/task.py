@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset
 
+from ..core.task import TaskBase, prepared_datamodule
 from ..data import detection_collate
 from ..models import detect, evaluate_detections, pretrained_detector
 from ..pipeline import calibration_batches
@@ -28,9 +28,7 @@ def eval_kwargs(cfg: DictConfig) -> dict:
 def load_data_and_model(cfg: DictConfig):
     """The data module (default data generated on first use) and the FP detector (shipped,
     pretrained and cached on first use, or the user's checkpoint), in eval mode."""
-    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = prepared_datamodule(cfg)
     fp_model = pretrained_detector(
         datamodule, OmegaConf.to_container(cfg.model, resolve=True), cache_dir=Path(cfg.cache_dir) / "models",
         trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -38,17 +36,10 @@ def load_data_and_model(cfg: DictConfig):
     return datamodule, fp_model.eval()
 
 
-class DetectionTask:
+class DetectionTask(TaskBase):
     """Detectors: ``model.name`` yolo or fcos, ``data`` a COCO folder (see :class:`~lightning_ptq.core.task.Task`)."""
 
     name, metric, metric_label, maximize, searchable = "detector", "map", "mAP@[.5:.95]", True, True
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.datamodule = None
-
-    def check(self) -> None:
-        pass  # the model and data settings are checked where they are read
 
     def load(self):
         self.datamodule, fp_model = load_data_and_model(self.cfg)

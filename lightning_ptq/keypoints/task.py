@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.errors import ConfigError
+from ..core.task import TaskBase, prepared_datamodule
 from ..pipeline import calibration_batches
 from .model import check_keypoint_settings
 from .report import keypoint_results_table, keypoint_table_rows, plot_keypoints
@@ -35,9 +35,7 @@ def keypoint_model_kwargs(cfg: DictConfig) -> dict:
 def load_keypoint_data_and_model(cfg: DictConfig, kwargs: dict):
     """The keypoint data module (default data generated on first use) and the FP model with
     ``kwargs`` (shipped, trained and cached on first use, or the user's checkpoint), in eval mode."""
-    datamodule = instantiate(cfg.data, batch_size=cfg.calib.batch_size)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = prepared_datamodule(cfg)
     model = pretrained_keypoint_model(
         datamodule, kwargs, OmegaConf.to_container(cfg.model.train, resolve=True), cfg.model.checkpoint,
         cache_dir=Path(cfg.cache_dir) / "models", trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -45,15 +43,15 @@ def load_keypoint_data_and_model(cfg: DictConfig, kwargs: dict):
     return datamodule, model.eval()
 
 
-class KeypointTask:
+class KeypointTask(TaskBase):
     """Keypoint models (see :class:`~lightning_ptq.core.task.Task`); NME is lower-better and the
     per-layer search does not run on them."""
 
     name, metric, metric_label, maximize, searchable = "keypoint", "nme", "NME", False, False
 
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.datamodule, self.kwargs = None, None
+        super().__init__(cfg)
+        self.kwargs = None
 
     def check(self) -> None:
         self.kwargs = keypoint_model_kwargs(self.cfg)
