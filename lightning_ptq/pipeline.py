@@ -13,6 +13,8 @@ from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
 from .calib.config import CalibConfig
+from .calib.features import FeaturesConfig
+from .calib.fgl import FGLConfig
 from .core.checkpoint import load_strict, read_checkpoint
 from .core.errors import ConfigError
 from .core.io import atomic_torch_save, atomic_write_json
@@ -23,8 +25,7 @@ from .report import deploy_table
 from .search.params import apply_layer_params
 
 LOSSES = ("output_mse", "fgl", "keypoint_distill")
-
-
+# Keys of the calib group that the job reads itself; the rest is a CalibConfig.
 JOB_KEYS = ("num_images", "batch_size", "loss", "fgl", "features", "layer_params", "quantized_state", "resume")
 
 
@@ -33,16 +34,14 @@ def calib_config(calib: DictConfig) -> CalibConfig:
     here; a key that is neither is an error naming the closest."""
     values = OmegaConf.to_container(calib, resolve=True)
     api = {k: v for k, v in values.items() if k not in JOB_KEYS}
-    try:
-        return CalibConfig.from_dict(api)
-    except ConfigError as err:
-        if "is not a setting" in str(err):  # name the job-level keys as allowed too
-            key = next(k for k in api if k not in {f.name for f in fields(CalibConfig)})
-            allowed = sorted([f.name for f in fields(CalibConfig)] + list(JOB_KEYS))
-            close = difflib.get_close_matches(key, allowed, n=1)
-            raise ConfigError(f"calib.{key} is not a setting (allowed: {', '.join(allowed)})"
-                              + (f"; did you mean calib.{close[0]}?" if close else ".")) from None
-        raise
+    known = [f.name for f in fields(CalibConfig)]
+    unknown = [k for k in api if k not in known]
+    if unknown:  # named here, where the job-level keys count as allowed too
+        allowed = sorted(known + list(JOB_KEYS))
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        raise ConfigError(f"calib.{unknown[0]} is not a setting (allowed: {', '.join(allowed)})"
+                          + (f"; did you mean calib.{close[0]}?" if close else "."))
+    return CalibConfig.from_dict(api)
 
 
 def check_calib_config(calib: DictConfig) -> CalibConfig:
@@ -51,11 +50,10 @@ def check_calib_config(calib: DictConfig) -> CalibConfig:
     if calib.loss not in LOSSES:
         raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
     try:
-        FilteredGlobalLoss(None, **calib.fgl)
-    except (ConfigError, TypeError) as err:
+        FGLConfig.from_dict(OmegaConf.to_container(calib.fgl, resolve=True))
+    except ConfigError as err:
         raise ConfigError(f"calib.fgl: {err}") from err
-    if calib.features.weight != 0:
-        FeatureMatching(None, list(calib.features.modules), calib.features.weight, calib.features.fisher)
+    FeaturesConfig.from_dict(OmegaConf.to_container(calib.features, resolve=True))
     for key in ("num_images", "batch_size"):
         if not isinstance(calib[key], int) or calib[key] < 1:
             raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")

@@ -22,6 +22,7 @@ LightningModule at the start and end of fitting), so evaluation afterwards is un
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.tree import flatten_tensors
+from .config import check_keys
 
 
 def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -43,17 +45,35 @@ def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
 
 
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Feature matching's settings (the ``calib.features`` group), checked when built; with
+    ``weight=0`` it is off and ``modules`` may be empty."""
+
+    modules: list = field(default_factory=list)
+    weight: float = 0.0
+    fisher: bool = False
+
+    def __post_init__(self) -> None:
+        if float(self.weight) < 0:
+            raise ConfigError(f"calib.features.weight={self.weight!r} must be >= 0.")
+        if self.weight and not self.modules:
+            raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
+                              "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FeaturesConfig":
+        check_keys(values, cls, "calib.features")
+        return cls(**values)
+
+
 class FeatureMatching:
     """``base`` plus ``weight`` x the normalised feature MSE at the ``modules`` (patterns on module
     names, the same names in the teacher and the quantized student)."""
 
     def __init__(self, base, modules: list[str], weight: float = 1.0, fisher: bool = False):
-        if float(weight) < 0:
-            raise ConfigError(f"calib.features.weight={weight!r} must be >= 0.")
-        if not modules:
-            raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
-                              "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
-        self.base, self.patterns, self.weight, self.fisher = base, list(modules), float(weight), bool(fisher)
+        config = FeaturesConfig(list(modules), weight, fisher)
+        self.base, self.patterns, self.weight, self.fisher = base, config.modules, float(weight), bool(fisher)
         self.name = f"{getattr(base, 'name', 'loss')}+features"
         self.names: list[str] = []  # the matched module names, set by attach
         self._handles: list = []

@@ -26,6 +26,7 @@ that can say "these are my per-anchor class logits and boxes" can use it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 from ..core.errors import ConfigError
+from .config import check_keys
 from .losses import OutputMSE
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,40 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
 
 
+@dataclass(frozen=True)
+class FGLConfig:
+    """The filtered global loss's settings (the ``calib.fgl`` group), checked when built: see
+    :class:`FilteredGlobalLoss`."""
+
+    conf_thr: float = 2e-4
+    iou_thr: float = 0.1
+    lambda_reg: float = 1.0
+    reg_loss: str = "giou"
+    lambda_local: float = 0.0
+    combine: str = "intersection"
+    filter_cls: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("conf_thr", "iou_thr"):
+            if not 0.0 <= float(getattr(self, key)) <= 1.0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} must lie in [0, 1].")
+        for key in ("lambda_reg", "lambda_local"):
+            if float(getattr(self, key)) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0.")
+        if self.reg_loss not in REG_LOSSES:
+            raise ConfigError(f"reg_loss={self.reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"combine={self.combine!r} is unknown: choose one of {', '.join(COMBINES)}.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FGLConfig":
+        check_keys(values, cls, "calib.fgl")
+        return cls(**values)
+
+
 class FilteredGlobalLoss:
-    """``(student_out, teacher_out) -> (loss, parts)``; see the module docstring.
+    """``(student_out, teacher_out) -> (loss, parts)``; see the module docstring. ``settings``
+    are the fields of :class:`FGLConfig`.
 
     A batch in which no anchor survives the filter falls back to every anchor (with a warning) and
     is counted in ``fallback_batches``.
@@ -69,23 +103,12 @@ class FilteredGlobalLoss:
 
     name = "fgl"
 
-    def __init__(self, adapter: DetectorAdapter, conf_thr: float = 2e-4, iou_thr: float = 0.1,
-                 lambda_reg: float = 1.0, reg_loss: str = "giou", lambda_local: float = 0.0,
-                 combine: str = "intersection", filter_cls: bool = False):
-        for key, value in (("conf_thr", conf_thr), ("iou_thr", iou_thr)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ConfigError(f"{key}={value!r} must lie in [0, 1].")
-        for key, value in (("lambda_reg", lambda_reg), ("lambda_local", lambda_local)):
-            if float(value) < 0:
-                raise ConfigError(f"{key}={value!r} must be >= 0.")
-        if reg_loss not in REG_LOSSES:
-            raise ConfigError(f"reg_loss={reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
-        if combine not in COMBINES:
-            raise ConfigError(f"combine={combine!r} is unknown: choose one of {', '.join(COMBINES)}.")
-        self.adapter, self.conf_thr, self.iou_thr = adapter, float(conf_thr), float(iou_thr)
-        self.lambda_reg, self.reg_loss = float(lambda_reg), reg_loss
-        self.lambda_local, self._local = float(lambda_local), OutputMSE()
-        self.combine, self.filter_cls = combine, bool(filter_cls)
+    def __init__(self, adapter: DetectorAdapter, **settings):
+        config = FGLConfig.from_dict(settings)
+        self.adapter, self.conf_thr, self.iou_thr = adapter, float(config.conf_thr), float(config.iou_thr)
+        self.lambda_reg, self.reg_loss = float(config.lambda_reg), config.reg_loss
+        self.lambda_local, self._local = float(config.lambda_local), OutputMSE()
+        self.combine, self.filter_cls = config.combine, bool(config.filter_cls)
         self.fallback_batches = 0
 
     def __call__(self, student_out, teacher_out) -> tuple[torch.Tensor, dict[str, float]]:

@@ -210,3 +210,21 @@ def test_the_command_line_names_a_misspelled_setting_in_one_paragraph(tmp_path):
     assert "lightning_ptq: ConfigError: 'export.opsett' is not a setting" in proc.stderr
     assert "Did you mean export.opset?" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where, key, message", [
+    ((), "stesp", r"calib.stesp is not a setting \(allowed: .*\); did you mean calib.steps\?"),
+    (("fgl",), "conf_th", r"calib.fgl: calib.fgl.conf_th is not a setting \(allowed: conf_thr, .*\); did you mean "
+                          r"calib.fgl.conf_thr\?"),
+    (("recon",), "max_layer", r"did you mean calib.recon.max_layers\?"),
+    (("features",), "wieght", r"did you mean calib.features.weight\?"),
+])
+def test_a_misspelled_key_in_a_calib_file_is_named_with_the_closest(where, key, message):
+    """A recipe or config file (not an override, which Hydra checks) with a misspelled key."""
+    node = OmegaConf.to_container(compose_config(["+recipe=yolo_w4a4"]).calib)
+    target = node
+    for part in where:
+        target = target[part]
+    target[key] = 1
+    with pytest.raises(ConfigError, match=message):
+        check_calib_config(OmegaConf.create(node))
