@@ -38,7 +38,8 @@ def make_task(cfg: DictConfig):
     try:
         task_class = get_class(node._target_)
     except (ImportError, ValueError) as err:
-        raise ConfigError(f"model.task._target_={node._target_!r} is not a class that can be imported ({str(err).splitlines()[0]}).") from None
+        raise ConfigError(f"model.task._target_={node._target_!r} is not a class that can be imported "
+                          f"({str(err).splitlines()[0]}).") from None
     task = task_class(cfg)
     missing = missing_members(task)
     if missing:
@@ -52,7 +53,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     task = make_task(cfg)
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
-    check_calib_config(cfg.calib)
+    calib = check_calib_config(cfg.calib)
     check_export_config(cfg.get("export"))
     check_loss_family(cfg.calib.loss, task.name)
     task.check()
@@ -72,7 +73,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     batches, validate = task.calibration_sets(searching)
     qmodel, calib_seconds = quantize_and_calibrate(
         fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
-        checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None,
+        checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None, settings=calib,
     )
     quant = task.evaluate(qmodel)
     search_numbers = {}

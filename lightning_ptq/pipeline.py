@@ -104,8 +104,9 @@ def calibration_batches(datamodule, num_images: int) -> list:
 
 
 def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
-                           logger=None, checkpoint_dir: Path | None = None):
+                           logger=None, checkpoint_dir: Path | None = None, settings: CalibConfig | None = None):
     """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds).
+    ``settings``: the :class:`CalibConfig` of ``calib`` when the caller has built it already.
     With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
     bits and ranges instead; with ``calib.quantized_state`` (a run's ``quantized_state_dict.pt``)
     the saved calibrated model is loaded, e.g. to export a finished run without recalibrating."""
@@ -118,7 +119,7 @@ def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: Di
         apply_layer_params(qmodel, calib.layer_params, strict=True)
         return qmodel, time.perf_counter() - start
     calibrate(
-        fp_model, qmodel, batches, calib_config(calib), loss=calibration_loss(calib, fp_model),
+        fp_model, qmodel, batches, settings or calib_config(calib), loss=calibration_loss(calib, fp_model),
         checkpoint_dir=checkpoint_dir,
         trainer_kwargs={**OmegaConf.to_container(trainer, resolve=True), "logger": logger or False},
     )
