@@ -11,6 +11,7 @@ would pretrain again (``tests/models/test_shipped_pretrained.py`` says so).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ LOADERS = {
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the progress lines
     os.environ[SHIPPED_ENV] = "1"
     out = shipped_dir()
     out.mkdir(exist_ok=True)
