@@ -1,7 +1,7 @@
 """Train the FP models of the default recipes and put them in ``lightning_ptq/pretrained/``, where a
 first run finds them instead of pretraining (see ``lightning_ptq/core/cached_training.py``).
 
-    python scripts/ship_pretrained.py          # about 10 minutes on 2 CPU cores
+    python scripts/ship_pretrained.py          # about 13 minutes on 2 CPU cores
 
 Each model comes from the jobs' own loading code, in a fresh cache and with
 ``LIGHTNING_PTQ_TRAIN_DEFAULTS=1``, so it is exactly the training a first run would do; the
