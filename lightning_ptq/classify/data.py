@@ -18,15 +18,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from ..core import UserError
-from ..core.coco_folders import DatasetRootNotFoundError, EmptySplitError
-from ..core.generated import resolve_root
+from ..core.coco_folders import EmptySplitError
 from ..core.images import read_rgb
+from ..core.splits import SplitsDataModule
 from .synthetic import generate_classification_dataset
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class ToTensor:
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
-class ClassificationDataModule(LightningDataModule):
+class ClassificationDataModule(SplitsDataModule):
     """Splits of an ImageFolder dataset (see the module docstring). Batches are
     ``(images float32 [B, 3, S, S], labels int64 [B])``.
 
@@ -70,36 +69,21 @@ class ClassificationDataModule(LightningDataModule):
     def __init__(self, root: str | os.PathLike | None, image_size: int = 32, batch_size: int = 64,
                  num_workers: int = 0, generate_default: bool = False, generator_kwargs: Mapping | None = None,
                  splits: Sequence[str] = ("train", "pool", "test"), default_root: str | os.PathLike | None = None):
-        super().__init__()
         if not (isinstance(image_size, int) and image_size >= 1):
             raise ValueError(f"data.image_size must be a positive int (pixels), got {image_size!r}.")
         if isinstance(splits, str) or not splits:
             raise ValueError(f"data.splits must be a non-empty list of split names, got {splits!r}.")
-        self.root, generate_default = resolve_root(root, default_root, generate_default)
+        super().__init__(root, splits, batch_size, num_workers, generate_default, generator_kwargs, default_root)
         self.image_size = image_size
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
-        self.splits = tuple(splits)
-        self._datasets: dict[str, ImageFolder] = {}
-        self._prepared = False
 
-    def prepare_data(self) -> None:
-        if self.generate_default:
-            generate_classification_dataset(self.root, **{"image_size": self.image_size, **self.generator_kwargs})
-        self._prepared = True
+    def _generate(self) -> None:
+        generate_classification_dataset(self.root, **{"image_size": self.image_size, **self.generator_kwargs})
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load every configured split, so problems surface before training starts."""
-        for split in self.splits:
-            self.dataset(split)
+    def _split_exists(self, split: str) -> bool:
+        return (self.root / split).is_dir()
 
-    def dataset(self, split: str) -> ImageFolder:
-        """The (cached) ImageFolder of ``split``; generates the default data first if asked to."""
-        if split not in self.splits:
-            raise ValueError(f"Split '{split}' is not configured; data.splits is {list(self.splits)}.")
-        if split not in self._datasets:
-            self._datasets[split] = self._load(split)
-        return self._datasets[split]
+    def _layout(self) -> str:
+        return f"ImageFolder folder (holding <split>/<class_name>/<image> for the splits {list(self.splits)})"
 
     def _load(self, split: str) -> ImageFolder:
         reference = self._reference_split()
@@ -134,22 +118,6 @@ class ClassificationDataModule(LightningDataModule):
                     f"folder is fine), so that the labels agree."
                 )
         return dataset
-
-    def _reference_split(self) -> str:
-        """First configured split whose folder exists (the others must agree with it); generates
-        the default data first when asked to and not done yet."""
-        if self.generate_default and not self._prepared:
-            self.prepare_data()
-        if not self.root.is_dir():
-            raise DatasetRootNotFoundError(
-                f"Dataset root folder {self.root} does not exist. Set data.root to your ImageFolder folder (holding "
-                f"<split>/<class_name>/<image> for the splits {list(self.splits)}), or leave it unset (data.root=null) "
-                f"for the embedded default data; data.generate_default=true writes the default data at data.root."
-            )
-        for split in self.splits:
-            if (self.root / split).is_dir():
-                return split
-        return self.splits[0]  # its dataset raises SplitFolderNotFoundError
 
     @property
     def class_names(self) -> list[str]:

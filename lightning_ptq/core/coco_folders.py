@@ -12,16 +12,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .errors import UserError
-from .generated import resolve_root
-
-
-class DatasetRootNotFoundError(UserError, FileNotFoundError):
-    """The dataset root folder does not exist."""
+from .splits import SplitsDataModule
 
 
 class AnnotationFileNotFoundError(UserError, FileNotFoundError):
@@ -114,7 +109,7 @@ def split_image_ids(coco: COCO, image_dir: Path, max_images: int | None, where: 
     return image_ids
 
 
-class SplitFoldersDataModule(LightningDataModule):
+class SplitFoldersDataModule(SplitsDataModule):
     """Train / calib / val / test loaders over a folder of COCO-format splits; what the detection
     and keypoint data modules share. A subclass sets ``generate`` (the default data's generator)
     and ``collate``, and builds one split's dataset in ``_load(split)``.
@@ -136,36 +131,18 @@ class SplitFoldersDataModule(LightningDataModule):
                  batch_size: int = 16, num_workers: int = 0, generate_default: bool = False,
                  generator_kwargs: Mapping | None = None, max_images: int | Mapping[str, int] | None = None,
                  default_root: str | os.PathLike | None = None):
-        super().__init__()
-        self.root, generate_default = resolve_root(root, default_root, generate_default)
+        super().__init__(root, splits, batch_size, num_workers, generate_default, generator_kwargs, default_root)
         self.ann_file, self.image_dir = ann_file, image_dir
-        self.splits, self.image_size = tuple(splits), image_size
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.generate_default, self.generator_kwargs = generate_default, dict(generator_kwargs or {})
-        self.max_images = max_images
-        self._datasets: dict[str, Dataset] = {}
-        self._prepared = False
+        self.image_size, self.max_images = image_size, max_images
 
-    def prepare_data(self) -> None:
-        if self.generate_default:
-            type(self).generate(self.root, **self.generator_kwargs)
-        self._prepared = True
+    def _generate(self) -> None:
+        type(self).generate(self.root, **self.generator_kwargs)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load every configured split, so problems surface before training starts."""
-        for split in self.splits:
-            self.dataset(split)
+    def _split_exists(self, split: str) -> bool:
+        return (self.root / self.ann_file.format(split=split)).is_file()
 
-    def dataset(self, split: str) -> Dataset:
-        """The (cached) dataset of ``split``; generates the default data first if asked to."""
-        if split not in self.splits:
-            raise ValueError(f"Split '{split}' is not configured; data.splits is {list(self.splits)}.")
-        if split not in self._datasets:
-            self._datasets[split] = self._load(split)
-        return self._datasets[split]
-
-    def _load(self, split: str) -> Dataset:
-        raise NotImplementedError
+    def _layout(self) -> str:
+        return f"COCO folder (holding {self.ann_file} and {self.image_dir}/)"
 
     def _split_paths(self, split: str) -> tuple[Path, Path]:
         """(image folder, annotation file) of ``split``."""
@@ -192,22 +169,3 @@ class SplitFoldersDataModule(LightningDataModule):
         if isinstance(self.max_images, Mapping):
             return self.max_images.get(split)
         return self.max_images
-
-    def _check_root(self) -> None:
-        if not self.root.is_dir():
-            raise DatasetRootNotFoundError(
-                f"Dataset root folder {self.root} does not exist. Set data.root to your COCO folder (holding "
-                f"{self.ann_file} and {self.image_dir}/), or leave it unset (data.root=null) for the embedded "
-                f"default data; data.generate_default=true writes the default data at data.root."
-            )
-
-    def _reference_split(self) -> str:
-        """First configured split whose annotation file exists (the others must agree with it);
-        generates the default data first when asked to and not done yet."""
-        if self.generate_default and not self._prepared:
-            self.prepare_data()
-        self._check_root()
-        for split in self.splits:
-            if (self.root / self.ann_file.format(split=split)).is_file():
-                return split
-        return self.splits[0]  # its dataset raises AnnotationFileNotFoundError
