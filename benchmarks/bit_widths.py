@@ -22,7 +22,7 @@ from lightning_ptq.detection import eval_kwargs, load_data_and_model
 from lightning_ptq.pipeline import calibration_batches, quantize_and_calibrate
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.core.io import atomic_write_json
-from lightning_ptq.models import evaluate_detections
+from lightning_ptq.detection import evaluate_detections
 from lightning_ptq.quant import QuantConfig
 
 BITS = [(8, 8), (4, 8), (4, 4)]

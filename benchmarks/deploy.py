@@ -32,7 +32,7 @@ from lightning_ptq.export.onnx import to_onnx_float
 from lightning_ptq.export.runtimes import RUNTIMES, RuntimeModel, images_per_second, output_differences
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.core.io import atomic_write, atomic_write_json
-from lightning_ptq.models import evaluate_detections
+from lightning_ptq.detection import evaluate_detections
 from lightning_ptq.pipeline import calibration_batches, load_quantized_state, quantize_and_calibrate
 from lightning_ptq.quant import QuantConfig, quantize
 from lightning_ptq.quant.swap import quantized_layers

@@ -29,7 +29,7 @@ from lightning_ptq.detection import eval_kwargs, load_data_and_model
 from lightning_ptq.pipeline import quantize_and_calibrate
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.core.io import atomic_write_json
-from lightning_ptq.models import evaluate_detections
+from lightning_ptq.detection import evaluate_detections
 from lightning_ptq.quant import QuantConfig
 from lightning_ptq.report import mean_and_spread
 

@@ -7,7 +7,7 @@ Each model comes from the jobs' own loading code, in a fresh cache and with
 ``LIGHTNING_PTQ_TRAIN_DEFAULTS=1``, so it is exactly the training a first run would do; the
 cached files (named by the key of their settings and data) are then copied over. Rerun it after
 changing a default model, its training or the default data: their key changes, and a first run
-would pretrain again (``tests/models/test_shipped_pretrained.py`` says so).
+would pretrain again (``tests/detection/test_shipped_pretrained.py`` says so).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ptq.data import generate_detection_dataset
+from lightning_ptq.detection import generate_detection_dataset
 
 SMALL_SPLITS = {"train": 8, "calib": 8, "val": 8, "test": 8}
 

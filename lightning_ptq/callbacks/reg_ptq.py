@@ -11,7 +11,7 @@ from .quantization import QuantizationCallback
 
 # Head layers per detector family, as fnmatch patterns on module names relative to the network.
 HEAD_PATTERNS: dict[str, tuple[str, ...]] = {
-    "yolo": ("head.*",),                                   # lightning_ptq.models.YOLO
+    "yolo": ("head.*",),                                   # lightning_ptq.detection.YOLO
     "retinanet": ("head.classification_head.*", "head.regression_head.*"),  # torchvision RetinaNet
     "fcos": ("head.classification_head.*", "head.regression_head.*"),       # torchvision FCOS, models.FCOSNet
 }

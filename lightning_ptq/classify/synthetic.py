@@ -19,7 +19,7 @@ class's index in it is ImageFolder's label. Every split has a folder for every c
 empty for a split with fewer images than classes); labels are round-robin (image ``i`` of a split
 has class ``i % 10``), so the classes are balanced. Image ids are unique across splits.
 
-Like :mod:`lightning_ptq.data.synthetic_detection` each image has its own random stream derived
+Like :mod:`lightning_ptq.detection.synthetic` each image has its own random stream derived
 from ``(seed, split name, index)``, so a dataset is byte-identical for a given seed, splits never
 share an image, and the first ``n`` images of a split do not depend on the split's size.
 """
@@ -102,7 +102,7 @@ def generate_classification_dataset(
     ``splits`` maps split name to image count (default :data:`DEFAULT_SPLITS`); ``knobs`` are the
     fields of :class:`ClassDifficulty`. Nothing is written when ``root`` already holds this
     dataset; otherwise it is written atomically, and a folder of someone else's files is refused
-    (:func:`~lightning_ptq.data.generated.write_generated_dataset`).
+    (:func:`~lightning_ptq.core.generated.write_generated_dataset`).
     """
     unknown = sorted(set(knobs) - set(ClassDifficulty.__dataclass_fields__))
     if unknown:

@@ -2,7 +2,7 @@
 
 The FP classifier is the user's checkpoint or the embedded default :class:`TinyResNet`, trained by
 a Lightning run on the data's train split and cached under a key that hashes every setting that
-changes it (as the detectors are: :mod:`lightning_ptq.models.pretrain`): architecture, training
+changes it (as the detectors are: :mod:`lightning_ptq.detection.pretrain`): architecture, training
 settings, number of classes, image size and the dataset (its ``meta.json``, or the list of train
 files for data no generator wrote). An interrupted training resumes from its last epoch.
 """
@@ -171,7 +171,7 @@ def load_classifier(path: str | os.PathLike, kwargs: dict | None = None, num_cla
     size; a class count or image size that disagrees with the given one is an error. Other files
     (a bare state_dict or a Lightning checkpoint of :class:`ClassifierModule`) are built with
     ``kwargs`` and ``num_classes`` (default: the rows of the head's weight). Weights that do not
-    fit are :class:`~lightning_ptq.models.CheckpointMismatchError` naming the difference."""
+    fit are :class:`~lightning_ptq.detection.CheckpointMismatchError` naming the difference."""
     path = Path(path)
     payload = read_checkpoint(path)
     kwargs = dict(kwargs or {})

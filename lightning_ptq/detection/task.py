@@ -1,4 +1,4 @@
-"""The detector task of the shared job: COCO-format data, a detector of the ``models`` families
+"""The detector task of the shared job: COCO-format data, a detector of this package's families
 (pretrained and cached on first use, or the user's checkpoint), COCO mAP on the test split, and
 FP vs quantized detections drawn on test images."""
 from __future__ import annotations
@@ -12,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset
 
 from ..core.task import TaskBase, prepared_datamodule
-from ..data import detection_collate
-from ..models import detect, evaluate_detections, pretrained_detector
 from ..pipeline import calibration_batches
 from ..report import plot_detections, results_table, table_rows
 from ..search.job import select_sets, subset_batches
+from .coco import detection_collate
+from .detector import detect, evaluate_detections
+from .pretrain import pretrained_detector
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ measure it against the simulation.
 :class:`RuntimeModel` is an ``nn.Module`` whose ``forward(images)`` runs the graph and returns the
 same structure the PyTorch model returns (the dict of raw head outputs, the keypoint dict, the
 logits); every other attribute (``postprocess``, anchors, strides, ``family``) is the PyTorch
-model's. So the evaluation code of the jobs (:func:`~lightning_ptq.models.evaluate_detections`,
+model's. So the evaluation code of the jobs (:func:`~lightning_ptq.detection.evaluate_detections`,
 ``evaluate_keypoints``, ``evaluate_accuracy``) runs a runtime exactly as it runs the simulation:
 same post-processing, same test split.
 

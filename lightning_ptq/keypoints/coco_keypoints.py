@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 def load_coco_keypoints(ann_file: str | os.PathLike) -> tuple[COCO, dict]:
     """Read and validate a COCO keypoints json: ``(COCO index, the keypoint category)``.
 
-    On top of :func:`~lightning_ptq.data.load_coco`'s checks, raises
-    :class:`~lightning_ptq.data.MalformedAnnotationError` naming the file, the annotation id and
+    On top of :func:`~lightning_ptq.detection.load_coco`'s checks, raises
+    :class:`~lightning_ptq.detection.MalformedAnnotationError` naming the file, the annotation id and
     what is allowed when the keypoints are unusable. Annotations of the keypoint category that
     lack ``keypoints`` get K unlabelled ones, a missing ``num_keypoints`` is counted from the
     flags and a missing ``area`` is the box area (COCOeval needs all three)."""
@@ -221,7 +221,7 @@ def keypoint_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tens
 
 class KeypointDataModule(SplitFoldersDataModule):
     """Keypoint splits of a COCO keypoints folder (see the module docstring and
-    :class:`~lightning_ptq.data.coco.SplitFoldersDataModule`), cropped top-down with
+    :class:`~lightning_ptq.core.coco_folders.SplitFoldersDataModule`), cropped top-down with
     ``crop_margin``. Every split must have the keypoint names of the reference split. Batches are
     ``(images float32 [B, 3, S, S], dict of stacked targets)`` from :func:`keypoint_collate`;
     ``generator_kwargs`` go to :func:`generate_keypoint_dataset`.

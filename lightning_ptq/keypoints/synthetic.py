@@ -23,7 +23,7 @@ COCO conventions: one category (id 1, ``"object"``) with ``keypoints`` (the name
 ``skeleton``; one annotation per image, its id equal to the image id (unique across splits);
 ``keypoints`` is ``[x1, y1, v1, ...]`` in pixels (pixel ``i`` covers ``[i, i + 1)``, every
 ``v = 2``: labelled and visible), ``bbox`` is ``[x, y, w, h]`` tight around the drawn figure and
-``area`` its pixel area. Like :mod:`lightning_ptq.data.synthetic_detection` each image has its own
+``area`` its pixel area. Like :mod:`lightning_ptq.detection.synthetic` each image has its own
 random stream derived from ``(seed, split name, index)``, so a dataset is byte-identical for a
 given seed and the first ``n`` images of a split do not depend on the split's size.
 """
@@ -108,7 +108,7 @@ def generate_keypoint_dataset(
     ``splits`` maps split name to image count (default ``DEFAULT_SPLITS``); ``knobs`` are the
     fields of :class:`KeypointDifficulty`. Nothing is written when ``root`` already holds this dataset;
     otherwise it is written atomically, and a folder of someone else's files is refused
-    (:func:`~lightning_ptq.data.generated.write_generated_dataset`).
+    (:func:`~lightning_ptq.core.generated.write_generated_dataset`).
     """
     unknown = sorted(set(knobs) - set(KeypointDifficulty.__dataclass_fields__))
     if unknown:

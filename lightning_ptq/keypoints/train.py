@@ -2,7 +2,7 @@
 
 The FP model the keypoint job starts from is the user's checkpoint or the embedded default,
 trained by a Lightning run on the data's train split and cached under a key that hashes every
-setting that changes it (as the detectors are: :mod:`lightning_ptq.models.pretrain`).
+setting that changes it (as the detectors are: :mod:`lightning_ptq.detection.pretrain`).
 """
 from __future__ import annotations
 

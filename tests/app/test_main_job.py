@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from lightning_ptq.job import run_job
 from lightning_ptq.calib import EmptyCalibrationError
-from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError, UnreadableImageError
+from lightning_ptq.detection import DatasetRootNotFoundError, EmptySplitError, MalformedAnnotationError, UnreadableImageError
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.models import CheckpointMismatchError, CorruptCheckpointError
+from lightning_ptq.detection import CheckpointMismatchError, CorruptCheckpointError
 from lightning_ptq.core.cached_training import shipped_dir
 from lightning_ptq.quant import LayerPatternError, quantized_layers
 

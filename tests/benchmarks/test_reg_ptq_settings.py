@@ -7,7 +7,7 @@ from benchmarks.reg_ptq import DEFAULT_METHODS, FEATURE_MODULES, METHODS, PAPER_
 from lightning_ptq.calib.features import match_modules
 from lightning_ptq.pipeline import check_calib_config
 from lightning_ptq.hydra_setup import compose_config
-from lightning_ptq.models import FCOSNet, YOLO
+from lightning_ptq.detection import FCOSNet, YOLO
 from lightning_ptq.quant import QuantConfig, quantize
 from lightning_ptq.quant.layers import QuantLayerMixin
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
 from lightning_ptq.calib import FilteredGlobalLoss, OutputMSE, paired_iou
-from lightning_ptq.models import YOLO, YOLOAdapter, decode_boxes
+from lightning_ptq.detection import YOLO, YOLOAdapter, decode_boxes
 from lightning_ptq.quant import ConfigError
 
 

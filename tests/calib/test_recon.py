@@ -6,7 +6,7 @@ from torch import nn
 
 from lightning_ptq.calib import calibrate_ranges
 from lightning_ptq.calib.recon import _call_order, _capture, find_blocks, qdrop_hooks, reconstruct
-from lightning_ptq.models import YOLO
+from lightning_ptq.detection import YOLO
 from lightning_ptq.quant import ConfigError, QuantConfig, quantize
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ptq.callbacks import HEAD_PATTERNS, RegPTQCallback
-from lightning_ptq.models import YOLO, detect
+from lightning_ptq.detection import YOLO, detect
 from lightning_ptq.quant import ConfigError, UniformQuantizer, LayerPatternError, quantized_layers
 from lightning_ptq.quant.laq import LogAffineQuantizer
 

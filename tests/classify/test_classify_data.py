@@ -9,7 +9,7 @@ from torch.utils.data import Subset
 from lightning_ptq.classify import (
     CLASS_NAMES, ClassFoldersMismatchError, ClassificationDataModule, SplitFolderNotFoundError,
 )
-from lightning_ptq.data import DatasetRootNotFoundError, EmptySplitError
+from lightning_ptq.detection import DatasetRootNotFoundError, EmptySplitError
 
 
 def test_batches_labels_and_subsets(small_classes):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lightning_ptq.classify import BasicBlock, TinyResNet, load_classifier, save_classifier
-from lightning_ptq.models import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError
+from lightning_ptq.detection import CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError
 from lightning_ptq.quant import fold_batchnorm
 from lightning_ptq.quant.fold import find_conv_bn_pairs
 

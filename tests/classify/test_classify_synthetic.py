@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lightning_ptq.classify import CLASS_NAMES, ClassDifficulty, generate_classification_dataset
-from lightning_ptq.data import NotAGeneratedDatasetError
+from lightning_ptq.detection import NotAGeneratedDatasetError
 
 SPLITS = {"train": 40, "pool": 20, "test": 20}  # as the small_classes fixture (conftest.py)
 

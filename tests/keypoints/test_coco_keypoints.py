@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_ptq.data import (
+from lightning_ptq.detection import (
     AnnotationFileNotFoundError, DatasetRootNotFoundError, EmptySplitError, ImageFileNotFoundError,
     MalformedAnnotationError,
 )

@@ -89,6 +89,6 @@ def test_bad_keypoint_settings_fail_before_any_work(override, error, message, tm
 def test_a_detector_job_refuses_the_keypoint_loss(tmp_path):
     cfg = compose_config(["+recipe=yolo_w4a4", "calib.loss=keypoint_distill", f"cache_dir={tmp_path}"])
     from lightning_ptq.pipeline import calibration_loss
-    from lightning_ptq.models import YOLO
+    from lightning_ptq.detection import YOLO
     with pytest.raises(ConfigError, match="calib.loss=keypoint_distill needs a keypoint model"):
         calibration_loss(cfg.calib, YOLO(6, width_mult=0.125))

@@ -7,7 +7,7 @@ from lightning_ptq.calib import KeypointDistillLoss, calibrate_ranges
 from lightning_ptq.keypoints import KeypointNet, NonFiniteLogitsError, keypoint_loss
 from lightning_ptq.keypoints.model import check_finite
 from lightning_ptq.keypoints.train import load_keypoint_model, save_keypoint_model
-from lightning_ptq.models import CheckpointMismatchError
+from lightning_ptq.detection import CheckpointMismatchError
 from lightning_ptq.quant import ConfigError, QuantConfig, quantize, quantized_layers
 
 K = 7

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from lightning_ptq.data import NotAGeneratedDatasetError
+from lightning_ptq.detection import NotAGeneratedDatasetError
 from lightning_ptq.keypoints import synthetic as synth
 from lightning_ptq.keypoints.synthetic import KEYPOINT_NAMES, KeypointDifficulty, generate_keypoint_dataset
 

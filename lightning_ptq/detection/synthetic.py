@@ -91,7 +91,7 @@ def generate_detection_dataset(
     ``splits`` maps split name to image count (default ``DEFAULT_SPLITS``); ``knobs`` are the
     fields of :class:`Difficulty`. Nothing is written when ``root`` already holds this dataset;
     otherwise it is written atomically, and a folder of someone else's files is refused
-    (:func:`~lightning_ptq.data.generated.write_generated_dataset`).
+    (:func:`~lightning_ptq.core.generated.write_generated_dataset`).
     """
     unknown = sorted(set(knobs) - set(Difficulty.__dataclass_fields__))
     if unknown:

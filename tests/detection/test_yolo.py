@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ptq.models import YOLO, decode_boxes, detect, dfl_distances, evaluate_detections, make_anchors, postprocess
+from lightning_ptq.detection import YOLO, decode_boxes, detect, dfl_distances, evaluate_detections, make_anchors, postprocess
 
 
 def test_output_layout_covers_three_strides():

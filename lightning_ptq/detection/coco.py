@@ -25,7 +25,7 @@ from ..core.coco_folders import (
     AnnotationFileNotFoundError, MalformedAnnotationError, SplitFoldersDataModule, load_coco, split_image_ids,
 )
 from ..core.images import read_rgb
-from .synthetic_detection import generate_detection_dataset
+from .synthetic import generate_detection_dataset
 
 log = logging.getLogger(__name__)
 

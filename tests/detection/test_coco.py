@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from lightning_ptq.data import (
+from lightning_ptq.detection import (
     AnnotationFileNotFoundError, CocoDataModule, CocoDetectionDataset, DatasetRootNotFoundError,
     EmptySplitError, ImageFileNotFoundError, MalformedAnnotationError, UnreadableImageError, detection_collate,
     save_preview,

@@ -14,7 +14,7 @@ from lightning_ptq.classify.task import load_classification_data_and_model
 from lightning_ptq.hydra_setup import compose_config
 from lightning_ptq.keypoints import evaluate_keypoints
 from lightning_ptq.keypoints.task import keypoint_model_kwargs, load_keypoint_data_and_model
-from lightning_ptq.models import evaluate_detections
+from lightning_ptq.detection import evaluate_detections
 from lightning_ptq.core.cached_training import shipped_dir
 
 

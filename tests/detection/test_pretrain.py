@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lightning_ptq.data import CocoDataModule
-from lightning_ptq.models import CheckpointNotFoundError, save_detector
-from lightning_ptq.models import pretrain as pretrain_mod
-from lightning_ptq.models import pretrained_detector
+from lightning_ptq.detection import CocoDataModule
+from lightning_ptq.detection import CheckpointNotFoundError, save_detector
+from lightning_ptq.detection import pretrain as pretrain_mod
+from lightning_ptq.detection import pretrained_detector
 
 TINY = {"name": "yolo", "checkpoint": None, "kwargs": {"width_mult": 0.125, "depth_mult": 0.33, "reg_max": 8},
         "train": {"epochs": 1, "batch_size": 4, "val_every": 1}}
@@ -45,7 +45,7 @@ def test_cache_key_changes_with_what_changes_the_weights(datamodule):
 
 
 def test_user_checkpoint_is_used_instead_of_pretraining(datamodule, tmp_path, monkeypatch):
-    from lightning_ptq.models import YOLO
+    from lightning_ptq.detection import YOLO
 
     user = YOLO(datamodule.num_classes, image_size=128, **TINY["kwargs"]).eval()
     path = save_detector(user, tmp_path / "mine.pt", TINY["kwargs"], datamodule.class_names)
@@ -67,7 +67,7 @@ def test_bad_model_config(datamodule, tmp_path, change, match):
 
 
 def test_interrupted_pretraining_resumes_from_the_last_epoch(datamodule, tmp_path, monkeypatch):
-    from lightning_ptq.models import DetectorModule
+    from lightning_ptq.detection import DetectorModule
 
     original, epochs = DetectorModule.training_step, []
     two_epochs = {**TINY, "train": {**TINY["train"], "epochs": 2}}

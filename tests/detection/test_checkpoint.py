@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lightning_ptq.models import (
+from lightning_ptq.detection import (
     YOLO, CheckpointMismatchError, CheckpointNotFoundError, CorruptCheckpointError, load_detector, save_detector,
 )
 

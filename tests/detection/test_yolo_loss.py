@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from lightning_ptq.models import YOLO, YOLOLoss, dfl_loss, make_anchors, task_aligned_assign
-from lightning_ptq.models.yolo_loss import pad_targets
+from lightning_ptq.detection import YOLO, YOLOLoss, dfl_loss, make_anchors, task_aligned_assign
+from lightning_ptq.detection.yolo_loss import pad_targets
 
 
 def _assign(gt_boxes, gt_labels, pred_boxes=None, scores=None, topk=10, num_classes=3, image_size=64):

@@ -9,7 +9,7 @@ from torch import nn
 
 from lightning_ptq.calib import FilteredGlobalLoss, calibrate_ranges
 from lightning_ptq.callbacks import HEAD_PATTERNS
-from lightning_ptq.models import (
+from lightning_ptq.detection import (
     YOLO, CheckpointMismatchError, DetectorModule, FCOSNet, build_detector, detect, detection_scores,
     load_detector, save_detector, score_logits,
 )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from lightning_ptq.data import Difficulty, NotAGeneratedDatasetError, generate_detection_dataset
+from lightning_ptq.detection import Difficulty, NotAGeneratedDatasetError, generate_detection_dataset
 from lightning_ptq.core.drawing import rasterise
-from lightning_ptq.data import synthetic_detection as synth
+from lightning_ptq.detection import synthetic as synth
 
 SPLITS = ("train", "calib", "val", "test")
 

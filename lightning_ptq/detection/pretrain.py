@@ -20,7 +20,7 @@ from ..core.cached_training import train_or_load, train_settings
 from ..core.errors import ConfigError
 from ..core.io import resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
-from ..data import detection_collate
+from .coco import detection_collate
 from .checkpoint import load_detector, save_detector
 from .detector import DETECTORS, DetectorModule
 
@@ -33,8 +33,8 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     """The FP detector for ``datamodule``'s classes and image size, in eval mode.
 
     ``model_cfg``: ``name`` (one of :data:`MODELS`), ``checkpoint`` (a file, or None for the
-    default), ``kwargs`` (architecture, see :class:`~lightning_ptq.models.YOLO` and
-    :class:`~lightning_ptq.models.FCOSNet`), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
+    default), ``kwargs`` (architecture, see :class:`~lightning_ptq.detection.YOLO` and
+    :class:`~lightning_ptq.detection.FCOSNet`), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
     ``trainer_kwargs``: Lightning Trainer settings (accelerator, devices, precision, progress bar).
     """
     if model_cfg["name"] not in MODELS:

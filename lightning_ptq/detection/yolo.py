@@ -162,7 +162,7 @@ class YOLO(nn.Module):
         return YOLOAdapter(self)
 
     def compute_loss(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """YOLOv8's training loss (:class:`~lightning_ptq.models.yolo_loss.YOLOLoss`) on ``images``
+        """YOLOv8's training loss (:class:`~lightning_ptq.detection.yolo_loss.YOLOLoss`) on ``images``
         and ``targets`` (``boxes`` xyxy px, ``labels``): (total, parts)."""
         from .yolo_loss import YOLOLoss  # yolo_loss imports this module (decode_boxes)
 
