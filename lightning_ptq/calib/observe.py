@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..core import UserError
 from ..core.tree import batch_inputs
-from ..quant.quantizer import NonFiniteObservationError
+from ..quant.observer import NonFiniteObservationError
 from ..quant.swap import quantized_layers
 
 ForwardFn = Callable[[nn.Module, object], object]
@@ -55,7 +55,7 @@ def calibrate_ranges(
         try:
             forward_fn(qmodel, batch)
         except NonFiniteObservationError as err:
-            name = next(n for n, layer in layers.items() if layer.input_quant is err.quantizer)
+            name = next(n for n, layer in layers.items() if layer.input_quant.observer is err.observer)
             raise NonFiniteCalibrationError(
                 f"calibration batch {used} gives NaN or inf at the input of layer {name!r} while its "
                 f"activation range is observed. Check the calibration images (NaN pixels, bad "

@@ -55,7 +55,7 @@ def make_quantizer(spec: QuantizerSpec) -> QuantizerBase:
 def spec_of(q: QuantizerBase) -> QuantizerSpec:
     """The spec that :func:`make_quantizer` would turn into a quantizer like ``q`` (parameters aside)."""
     common = dict(bits=q.bits, channel_axis=q.channel_axis, num_channels=q.num_channels,
-                  learnable=any(p.requires_grad for p in q.learnable_parameters()), max_samples=q.max_samples)
+                  learnable=any(p.requires_grad for p in q.learnable_parameters()), max_samples=q.observer.max_samples)
     if isinstance(q, LogAffineQuantizer):
         return QuantizerSpec("laq", shift_exact=q.shift_exact, **common)
     return QuantizerSpec("uniform", symmetric=q.symmetric, init=q.init, percentile=q.percentile, **common)

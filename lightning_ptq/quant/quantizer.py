@@ -1,10 +1,11 @@
-"""Fake-quant modules: observer + quantization parameters + straight-through op.
+"""Fake-quant modules: an observer (:mod:`.observer`) + quantization parameters + a
+straight-through op (:mod:`.ste`).
 
 Life cycle (as in ``torch.ao`` fake quantizers, the switches are buffers so they are saved in
 checkpoints and replicated under DDP):
 
-1. ``enable_observation()``: pass values through unchanged and record them;
-2. ``finalize()``: set the quantization parameters from what was recorded (or
+1. ``enable_observation()``: pass values through unchanged, recorded by the observer;
+2. ``finalize()``: set the quantization parameters from what it recorded (or
    ``init_from(tensor)`` for weights), then fake-quantize in every forward;
 3. ``enable_param_learning()``: the parameters receive gradients;
 4. ``disable()``: identity, e.g. to measure one layer's sensitivity.
@@ -20,18 +21,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .observer import SampleObserver, channel_rows
 from .ranges import init_range
 from .ste import fake_quantize, qrange
 
 MIN_STEP = 1e-12  # floor of a grid step, so that x / step stays finite
-
-
-class NonFiniteObservationError(FloatingPointError):
-    """NaN or inf reached a quantizer while it was observing ranges (``.quantizer`` is the one)."""
-
-    def __init__(self, quantizer: "QuantizerBase") -> None:
-        super().__init__("NaN or inf among the values observed for a quantization range.")
-        self.quantizer = quantizer
 
 
 class QuantizerBase(nn.Module):
@@ -42,19 +36,18 @@ class QuantizerBase(nn.Module):
         channel_axis: axis along which parameters vary, ``None`` for per tensor.
         num_channels: size of that axis (parameter shapes are known before any data, so a
             checkpoint loads into a freshly swapped model).
-        max_samples: how many observed values are kept for the initialisers (min and max of each
-            batch are always kept).
+        max_samples: how many observed values the observer keeps for the initialisers (min and
+            max of each batch are always kept).
     """
 
     def __init__(self, bits: int, channel_axis: int | None = None, num_channels: int = 1,
                  max_samples: int = 1 << 18) -> None:
         super().__init__()
         self.bits, self.channel_axis, self.num_channels = bits, channel_axis, num_channels
-        self.max_samples = max_samples
+        self.observer = SampleObserver(channel_axis, max_samples)
         self.register_buffer("fake_quant_enabled", torch.tensor(1, dtype=torch.uint8))
         self.register_buffer("observer_enabled", torch.tensor(0, dtype=torch.uint8))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
-        self._samples: list[torch.Tensor] = []
 
     # -- to implement --------------------------------------------------------------------------
     def _init_params(self, rows: torch.Tensor) -> None:
@@ -78,27 +71,21 @@ class QuantizerBase(nn.Module):
 
     # -- modes ---------------------------------------------------------------------------------
     def enable_observation(self) -> None:
-        self._samples = []
+        self.observer.reset()
         self.observer_enabled.fill_(1)
         self.fake_quant_enabled.fill_(0)
 
     def finalize(self) -> None:
         """Set the parameters from the values recorded since ``enable_observation``."""
-        if not self._samples:
+        if not self.observer.has_values:
             raise RuntimeError(
                 "finalize() was called but this quantizer observed no values: run the calibration "
                 "batches through the model between enable_observation() and finalize()."
             )
-        self._init_params(self.observed_rows())
-        self._samples = []
+        self._init_params(self.observer.rows())
+        self.observer.reset()
         self.observer_enabled.fill_(0)
         self.mark_initialized()
-
-    def observed_rows(self) -> torch.Tensor:
-        """The values recorded since ``enable_observation``, as ``[C, N]`` (extremes included)."""
-        if not self._samples:
-            raise RuntimeError("this quantizer observed no values: run batches through it while observing.")
-        return torch.cat(self._samples, dim=1)
 
     def init_from(self, x: torch.Tensor) -> None:
         """Set the parameters from the tensor ``x`` (e.g. a weight), then enable quantization."""
@@ -133,22 +120,8 @@ class QuantizerBase(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def channel_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """View ``x`` as ``[C, N]``: one row per channel (or a single row)."""
-        if self.channel_axis is None:
-            return x.reshape(1, -1)
-        return x.transpose(0, self.channel_axis).reshape(x.shape[self.channel_axis], -1)
-
-    def _observe(self, x: torch.Tensor) -> None:
-        rows = self.channel_rows(x.detach()).float()
-        if not torch.isfinite(rows).all():  # one NaN would poison the range for good
-            raise NonFiniteObservationError(self)
-        kept = sum(s.shape[1] for s in self._samples)
-        budget = max(self.max_samples - kept, 0)
-        # Exact extremes always; a random subsample of the rest for percentile / MSE searches.
-        extremes = torch.stack([rows.amin(dim=1), rows.amax(dim=1)], dim=1)
-        if budget and rows.shape[1] > budget:
-            rows = rows[:, torch.randperm(rows.shape[1], device=rows.device)[:budget]]
-        self._samples.append(torch.cat([extremes, rows[:, :budget]], dim=1).cpu())
+        """View ``x`` as ``[C, N]`` along this quantizer's channel axis."""
+        return channel_rows(x, self.channel_axis)
 
     def _param_shape(self, x: torch.Tensor) -> list[int]:
         """Shape that broadcasts a ``[C]`` parameter along ``channel_axis`` of ``x``."""
@@ -159,7 +132,7 @@ class QuantizerBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer_enabled:
-            self._observe(x)
+            self.observer(x)
         if not (self.fake_quant_enabled and self.initialized):
             return x
         return self.quantize(x)

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from ..calib.observe import ForwardFn, default_forward
 from ..core.errors import ConfigError
 from ..quant.config import check_bits
-from ..quant.factory import QuantizerSpec, make_quantizer
 from ..quant.laq import LogAffineQuantizer
+from ..quant.observer import SampleObserver
 from ..quant.quantizer import QuantizerBase, quantization_disabled
 from ..quant.swap import quantized_layers, set_submodule
 from .candidates import Candidate, build_quantizer, candidates_for
@@ -167,10 +167,7 @@ def _observe_inputs(model: nn.Module, layers: dict, batches: Iterable, forward_f
     as ``[C, N]`` rows laid out like each layer's input quantizer."""
     observers, hooks = {}, []
     for name, layer in layers.items():
-        q = layer.input_quant
-        obs = make_quantizer(QuantizerSpec("uniform", 8, channel_axis=q.channel_axis, num_channels=q.num_channels,
-                                           max_samples=max_samples))
-        obs.enable_observation()
+        obs = SampleObserver(layer.input_quant.channel_axis, max_samples)
         observers[name] = obs
         hooks.append(layer.register_forward_pre_hook(lambda m, args, obs=obs: obs(args[0])))
     try:
@@ -179,7 +176,7 @@ def _observe_inputs(model: nn.Module, layers: dict, batches: Iterable, forward_f
     finally:
         for h in hooks:
             h.remove()
-    return {name: obs.observed_rows() for name, obs in observers.items()}
+    return {name: obs.rows() for name, obs in observers.items()}
 
 
 class _Budget:
