@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .core import UserError
-from .hydra_setup import check_override_keys, config_dir
+from .hydra_setup import compose_config, config_dir
 
 
 def _fail(err: UserError) -> None:
@@ -18,12 +18,13 @@ def _fail(err: UserError) -> None:
 
 
 def _check_setting_names(argv: list[str]) -> None:
-    """Name a misspelled setting with its closest match before Hydra composes (Hydra's own
-    message names neither); sweeps (``-m``) are left to Hydra."""
+    """Name a misspelled setting (on the command line or in a config file) with its closest
+    match, or a value of the wrong type, before Hydra composes (Hydra's own message names no
+    closest key); sweeps (``-m``) are left to Hydra."""
     if "-m" in argv or "--multirun" in argv:
         return
     try:
-        check_override_keys([a for a in argv if "=" in a and not a.startswith("-")])
+        compose_config([a for a in argv if "=" in a and not a.startswith("-")])
     except UserError as err:
         _fail(err)
     except Exception:  # noqa: BLE001 (a bad group choice and the like: Hydra's message follows)

@@ -18,13 +18,12 @@ from rich.console import Console
 
 from .core.errors import ConfigError
 from .core.task import missing_members
-from .export.deploy import check_export_config
 from .pipeline import (
-    check_calib_config, check_loss_family, deploy_and_save, log_to_wandb, print_deploy_table, quantize_and_calibrate,
-    run_results, save_run,
+    check_calib_config, check_loss_family, deploy_and_save, export_config, log_to_wandb, print_deploy_table,
+    quantize_and_calibrate, run_results, save_run,
 )
 from .quant import QuantConfig
-from .search.job import check_selection, run_search, search_config, search_results
+from .search.job import run_search, search_config, search_results
 from .search.report import search_summary_table
 
 
@@ -54,15 +53,14 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     task = make_task(cfg)
     qcfg = QuantConfig.from_dict(OmegaConf.to_container(cfg.quant, resolve=True))
     calib = check_calib_config(cfg.calib)
-    check_export_config(cfg.get("export"))
-    check_loss_family(cfg.calib.loss, task.name)
+    export = export_config(cfg.get("export"))
+    check_loss_family(calib.loss, task.name)
     task.check()
-    searching = bool(cfg.get("search"))
-    if searching:
+    search = None
+    if cfg.get("search"):
         if not task.searchable:
             raise ConfigError(f"search: the per-layer search does not run on a {task.name} model; drop search=.")
-        search_config(cfg.search, "max" if task.maximize else "min")
-        check_selection(cfg.search)
+        search = search_config(cfg.search, "max" if task.maximize else "min")
     L.seed_everything(cfg.seed, verbose=False)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -70,28 +68,28 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     _, fp_model = task.load()
     fp = task.evaluate(fp_model)
-    batches, validate = task.calibration_sets(searching)
+    batches, validate = task.calibration_sets(search)
     qmodel, calib_seconds = quantize_and_calibrate(
-        fp_model, qcfg, batches, cfg.calib, cfg.trainer, logger,
-        checkpoint_dir=run_dir / "calib_ckpt" if cfg.calib.resume else None, settings=calib,
+        fp_model, qcfg, batches, calib, cfg.trainer, logger,
+        checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
     )
     quant = task.evaluate(qmodel)
     search_numbers = {}
-    if searching:
-        search = run_search(cfg, run_dir, qmodel, batches, validate, task.metric_label,
-                            "max" if task.maximize else "min", logger=logger)
+    if search is not None:
+        result = run_search(search, calib.weight_lr, run_dir, qmodel, batches, validate, task.metric_label,
+                            progress=cfg.trainer.enable_progress_bar, logger=logger)
         searched = task.evaluate(qmodel)
-        search_numbers = search_results(search, fp[task.metric], quant[task.metric], searched[task.metric])
+        search_numbers = search_results(result, fp[task.metric], quant[task.metric], searched[task.metric])
         quant = searched  # the job's result is the searched model; search.test_start is the one before
 
     results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
     results |= task.extra_results(fp, quant)
     save_run(run_dir, qmodel, results)
-    results |= deploy_and_save(cfg, fp_model, qmodel, batches, run_dir, results, task.evaluate)
+    results |= deploy_and_save(export, fp_model, qmodel, batches, run_dir, results, task.evaluate)
     console = Console()
     console.print(task.table(results))
     print_deploy_table(results, task.metric, task.metric_label)
-    if searching:
+    if search is not None:
         console.print(search_summary_table(results, task.metric_label))
     figure = task.figure(fp_model, qmodel, run_dir, f"W{qcfg.w_bits}A{qcfg.a_bits}")
     if logger is not None:

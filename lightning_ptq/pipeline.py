@@ -3,61 +3,30 @@ settings, choosing the distillation loss, taking the calibration batches, quanti
 calibrating, saving, exporting, and logging the result to W&B."""
 from __future__ import annotations
 
-import difflib
 import time
-from dataclasses import fields
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
-from .calib.config import CalibConfig
-from .calib.features import FeaturesConfig
-from .calib.fgl import FGLConfig
+from .calib.config import CalibJobConfig
 from .core.checkpoint import load_strict, read_checkpoint
 from .core.errors import ConfigError
 from .core.io import atomic_torch_save, atomic_write_json
-from .export import export_packed, float_size_bytes, packed_size_bytes
+from .export import ExportConfig, export_packed, float_size_bytes, packed_size_bytes
 from .export.deploy import deploy
 from .quant import QuantConfig, quantize
 from .report import deploy_table
 from .search.params import apply_layer_params
 
-LOSSES = ("output_mse", "fgl", "keypoint_distill")
-# Keys of the calib group that the job reads itself; the rest is a CalibConfig.
-JOB_KEYS = ("num_images", "batch_size", "loss", "fgl", "features", "layer_params", "quantized_state", "resume")
 
-
-def calib_config(calib: DictConfig) -> CalibConfig:
-    """The :class:`CalibConfig` of the ``calib`` node (its job-level keys aside): validated once,
-    here; a key that is neither is an error naming the closest."""
-    values = OmegaConf.to_container(calib, resolve=True)
-    api = {k: v for k, v in values.items() if k not in JOB_KEYS}
-    known = [f.name for f in fields(CalibConfig)]
-    unknown = [k for k in api if k not in known]
-    if unknown:  # named here, where the job-level keys count as allowed too
-        allowed = sorted(known + list(JOB_KEYS))
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        raise ConfigError(f"calib.{unknown[0]} is not a setting (allowed: {', '.join(allowed)})"
-                          + (f"; did you mean calib.{close[0]}?" if close else "."))
-    return CalibConfig.from_dict(api)
-
-
-def check_calib_config(calib: DictConfig) -> CalibConfig:
-    """Fail at start-up, with the fix, on calibration settings that cannot work; returns the
-    :class:`CalibConfig` the job calibrates with."""
-    if calib.loss not in LOSSES:
-        raise ConfigError(f"calib.loss={calib.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
-    try:
-        FGLConfig.from_dict(OmegaConf.to_container(calib.fgl, resolve=True))
-    except ConfigError as err:
-        raise ConfigError(f"calib.fgl: {err}") from err
-    FeaturesConfig.from_dict(OmegaConf.to_container(calib.features, resolve=True))
-    for key in ("num_images", "batch_size"):
-        if not isinstance(calib[key], int) or calib[key] < 1:
-            raise ConfigError(f"calib.{key}={calib[key]!r} must be a positive integer.")
-    return calib_config(calib)
+def check_calib_config(calib: DictConfig | dict) -> CalibJobConfig:
+    """The ``calib`` group as the :class:`CalibJobConfig` the job calibrates with, validated once,
+    here: a bad value or an unknown key stops with the fix."""
+    values = OmegaConf.to_container(calib, resolve=True) if isinstance(calib, DictConfig) else dict(calib)
+    return CalibJobConfig.from_dict(values)
 
 
 def check_loss_family(loss: str, task: str) -> None:
@@ -72,26 +41,31 @@ def check_loss_family(loss: str, task: str) -> None:
                           f"for a {task} use {usable}.")
 
 
-def calibration_loss(calib: DictConfig, fp_model):
+def calibration_loss(calib: CalibJobConfig, fp_model):
     """The distillation loss named by ``calib.loss``: FGL reads a detector's outputs through its
     own adapter; the keypoint loss compares coordinates and per-axis distributions. With
     ``calib.features.weight > 0`` feature matching at ``calib.features.modules`` is added."""
     family = getattr(fp_model, "family", None)
     check_loss_family(calib.loss, family if family in ("keypoint", "classifier") else "detector")
     if calib.loss == "fgl":
-        loss = FilteredGlobalLoss(fp_model.adapter(), **calib.fgl)
+        loss = FilteredGlobalLoss(fp_model.adapter(), calib.fgl)
     elif calib.loss == "keypoint_distill":
         loss = KeypointDistillLoss(fp_model.stride)
     else:
         loss = OutputMSE()
     if calib.features.weight > 0:
-        loss = FeatureMatching(loss, list(calib.features.modules), calib.features.weight, calib.features.fisher)
+        loss = FeatureMatching(loss, calib.features.modules, calib.features.weight, calib.features.fisher)
     return loss
 
 
-def calibration_batches(datamodule, num_images: int) -> list:
+def calibration_batches(datamodule, num_images: int, seed: int | None = None) -> list:
     """The first ``num_images`` images of the calib split, as a fixed list of batches (targets are
-    a list of per-image dicts for detection, a dict of stacked tensors for keypoints)."""
+    a list of per-image dicts for detection, a dict of stacked tensors for keypoints). With
+    ``seed`` (``calib.image_seed``): ``num_images`` images drawn from the whole split in an order
+    that the seed sets, in batches of the data module's size, so that seeds measure the spread
+    over calibration sets too."""
+    if seed is not None:
+        return _drawn_batches(datamodule, num_images, seed)
     batches, seen = [], 0
     for images, targets in datamodule.calib_dataloader():
         take = min(len(images), num_images - seen)
@@ -103,23 +77,41 @@ def calibration_batches(datamodule, num_images: int) -> list:
     return batches
 
 
-def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: DictConfig, trainer: DictConfig,
-                           logger=None, checkpoint_dir: Path | None = None, settings: CalibConfig | None = None):
+def _drawn_batches(datamodule, num_images: int, seed: int) -> list:
+    images, targets = [], []
+    for x, t in datamodule.calib_dataloader():
+        images.append(x)
+        targets.append(t)
+    images = torch.cat(images)
+    if isinstance(targets[0], dict):
+        stacked = {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
+        pick = lambda idx: {k: v[idx] for k, v in stacked.items()}  # noqa: E731
+    else:
+        flat = [t for batch in targets for t in batch]
+        pick = lambda idx: [flat[i] for i in idx.tolist()]  # noqa: E731
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num_images]
+    size = datamodule.batch_size
+    return [(images[order[i:i + size]], pick(order[i:i + size])) for i in range(0, len(order), size)]
+
+
+def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: CalibJobConfig | DictConfig,
+                           trainer: DictConfig, logger=None, checkpoint_dir: Path | None = None):
     """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds).
-    ``settings``: the :class:`CalibConfig` of ``calib`` when the caller has built it already.
-    With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
+    ``calib``: the job's :class:`CalibJobConfig` (a ``calib`` node is checked into one). With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
     bits and ranges instead; with ``calib.quantized_state`` (a run's ``quantized_state_dict.pt``)
     the saved calibrated model is loaded, e.g. to export a finished run without recalibrating."""
+    if not isinstance(calib, CalibJobConfig):
+        calib = check_calib_config(calib)
     qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
     start = time.perf_counter()
-    if calib.get("quantized_state"):
+    if calib.quantized_state:
         load_quantized_state(qmodel, calib.quantized_state)
         return qmodel, time.perf_counter() - start
-    if calib.get("layer_params"):
+    if calib.layer_params:
         apply_layer_params(qmodel, calib.layer_params, strict=True)
         return qmodel, time.perf_counter() - start
     calibrate(
-        fp_model, qmodel, batches, settings or calib_config(calib), loss=calibration_loss(calib, fp_model),
+        fp_model, qmodel, batches, calib, loss=calibration_loss(calib, fp_model),
         checkpoint_dir=checkpoint_dir,
         trainer_kwargs={**OmegaConf.to_container(trainer, resolve=True), "logger": logger or False},
     )
@@ -157,10 +149,21 @@ def save_run(run_dir: Path, qmodel, results: dict) -> None:
     atomic_write_json(results, run_dir / "results.json")
 
 
-def deploy_and_save(cfg: DictConfig, fp_model, qmodel, batches: list, run_dir: Path, results: dict, evaluate) -> dict:
+def export_config(export: DictConfig | None) -> ExportConfig | None:
+    """The ``export`` group as the :class:`ExportConfig` the job exports with (``None`` when the
+    config has none), validated once, here, with the runtimes it names installed."""
+    if export is None:
+        return None
+    config = ExportConfig.from_dict(OmegaConf.to_container(export, resolve=True))
+    config.require_installed()
+    return config
+
+
+def deploy_and_save(export: ExportConfig | None, fp_model, qmodel, batches: list, run_dir: Path, results: dict,
+                    evaluate) -> dict:
     """The ``export`` step (:func:`lightning_ptq.export.deploy.deploy`) on the calibration
     images; its numbers are added to ``results.json`` (rewritten atomically) and returned."""
-    deployed = deploy(cfg.get("export"), fp_model, qmodel, [b[0] for b in batches], run_dir, evaluate)
+    deployed = deploy(export, fp_model, qmodel, [b[0] for b in batches], run_dir, evaluate)
     if deployed:
         atomic_write_json(results | deployed, run_dir / "results.json")
     return deployed

@@ -2,9 +2,9 @@
 LightningModule."""
 from ..core.tree import batch_inputs
 from .api import calibrate
-from .config import CalibConfig, ReconConfig
-from .features import FeatureMatching, FeaturesConfig
-from .fgl import DetectorAdapter, FGLConfig, FilteredGlobalLoss, paired_iou
+from .config import CalibConfig, CalibJobConfig, FeaturesConfig, FGLConfig, ReconConfig
+from .features import FeatureMatching
+from .fgl import DetectorAdapter, FilteredGlobalLoss, paired_iou
 from .keypoint_loss import KeypointDistillLoss
 from .losses import OutputMSE
 from .module import CalibrationModule, NonFiniteLossError
@@ -12,7 +12,8 @@ from .observe import EmptyCalibrationError, NonFiniteCalibrationError, calibrate
 from .recon import find_blocks, qdrop_hooks, reconstruct
 
 __all__ = [
-    "CalibConfig", "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FGLConfig", "FeatureMatching", "FeaturesConfig", "FilteredGlobalLoss", "KeypointDistillLoss",
-    "NonFiniteCalibrationError", "NonFiniteLossError", "OutputMSE", "batch_inputs", "calibrate",
-    "calibrate_ranges", "find_blocks", "paired_iou", "qdrop_hooks", "reconstruct", "ReconConfig",
+    "CalibConfig", "CalibJobConfig", "CalibrationModule", "DetectorAdapter", "EmptyCalibrationError", "FGLConfig",
+    "FeatureMatching", "FeaturesConfig", "FilteredGlobalLoss", "KeypointDistillLoss", "NonFiniteCalibrationError",
+    "NonFiniteLossError", "OutputMSE", "ReconConfig", "batch_inputs", "calibrate", "calibrate_ranges", "find_blocks",
+    "paired_iou", "qdrop_hooks", "reconstruct",
 ]

@@ -1,24 +1,17 @@
 """What :func:`~lightning_ptq.calib.calibrate` does, as typed settings validated once, in their
 constructors: a bad value is a :class:`~lightning_ptq.core.ConfigError` naming the field (as the
 ``calib`` config group spells it), the value and what is allowed; an unknown key (``from_dict``)
-names the key, the allowed ones and the closest match."""
+names the key, the allowed ones and the closest match.
+
+:class:`CalibJobConfig` is the whole ``calib`` config group of the job (a :class:`CalibConfig`
+plus the loss and what the job reads itself); it is the group's schema in Hydra's ConfigStore
+(:mod:`lightning_ptq.hydra_setup`), so a wrong type stops at composition already."""
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.errors import ConfigError
-
-
-def check_keys(values: dict, cls: type, where: str) -> None:
-    """ConfigError for a key of ``values`` that the dataclass ``cls`` has no field for."""
-    allowed = [f.name for f in fields(cls)]
-    for key in values:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            raise ConfigError(f"{where}.{key} is not a setting (allowed: {', '.join(allowed)})"
-                              + (f"; did you mean {where}.{close[0]}?" if close else "."))
+from ..core.errors import ConfigError, check_keys
 
 
 def _int_at_least(where: str, value: Any, low: int, meaning: str = "") -> None:
@@ -42,7 +35,7 @@ def _probability(where: str, value: Any) -> None:
         raise ConfigError(f"{where}={value!r} must lie in [0, 1).")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReconConfig:
     """Block reconstruction (BRECQ / QDrop style) before the global steps; see
     :func:`~lightning_ptq.calib.recon.reconstruct`.
@@ -68,8 +61,13 @@ class ReconConfig:
         _probability("calib.recon.drop_prob", self.drop_prob)
         _int_at_least("calib.recon.max_layers", self.max_layers, 1)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "ReconConfig":
+        check_keys(values, cls, "calib.recon")
+        return cls(**values)
 
-@dataclass(frozen=True)
+
+@dataclass
 class CalibConfig:
     """How :func:`~lightning_ptq.calib.calibrate` calibrates.
 
@@ -97,14 +95,118 @@ class CalibConfig:
             _int_at_least("calib.init_batches", self.init_batches, 1)
         _probability("calib.drop_prob", self.drop_prob)
         _at_least_zero("calib.weight_lr", self.weight_lr, " (0: weights stay fixed)")
-        if isinstance(self.recon, dict):
-            check_keys(self.recon, ReconConfig, "calib.recon")
-            object.__setattr__(self, "recon", ReconConfig(**self.recon))
-        elif not isinstance(self.recon, ReconConfig):
-            raise ConfigError(f"calib.recon={self.recon!r} must be a ReconConfig or a dict of its settings.")
+        self.recon = _nested(self.recon, ReconConfig, "calib.recon")
 
     @classmethod
     def from_dict(cls, values: dict) -> "CalibConfig":
-        """From plain values (e.g. part of the ``calib`` config group); unknown keys are errors."""
+        """From plain values (e.g. the ``calib`` config group); unknown keys are errors."""
         check_keys(values, cls, "calib")
         return cls(**values)
+
+
+REG_LOSSES = ("giou", "l1")
+COMBINES = ("union", "intersection")
+
+
+@dataclass
+class FGLConfig:
+    """The filtered global loss's settings (``calib.fgl``), checked when built: see
+    :class:`~lightning_ptq.calib.fgl.FilteredGlobalLoss`."""
+
+    conf_thr: float = 2e-4
+    iou_thr: float = 0.1
+    lambda_reg: float = 1.0
+    reg_loss: str = "giou"
+    lambda_local: float = 0.0
+    combine: str = "intersection"
+    filter_cls: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("conf_thr", "iou_thr"):
+            if isinstance(getattr(self, key), bool) or not 0.0 <= float(getattr(self, key)) <= 1.0:
+                raise ConfigError(f"calib.fgl.{key}={getattr(self, key)!r} must lie in [0, 1].")
+        for key in ("lambda_reg", "lambda_local"):
+            _at_least_zero(f"calib.fgl.{key}", getattr(self, key), "")
+        if self.reg_loss not in REG_LOSSES:
+            raise ConfigError(f"calib.fgl.reg_loss={self.reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"calib.fgl.combine={self.combine!r} is unknown: choose one of {', '.join(COMBINES)}.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FGLConfig":
+        check_keys(values, cls, "calib.fgl")
+        return cls(**values)
+
+
+@dataclass
+class FeaturesConfig:
+    """Feature matching's settings (``calib.features``), checked when built; with ``weight=0`` it
+    is off and ``modules`` may be empty. See :class:`~lightning_ptq.calib.features.FeatureMatching`."""
+
+    modules: list[str] = field(default_factory=list)
+    weight: float = 0.0
+    fisher: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least_zero("calib.features.weight", self.weight, " (0: off)")
+        self.modules = list(self.modules)
+        if self.weight and not self.modules:
+            raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
+                              "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FeaturesConfig":
+        check_keys(values, cls, "calib.features")
+        return cls(**values)
+
+
+LOSSES = ("output_mse", "fgl", "keypoint_distill")
+
+
+def _nested(value: Any, cls: type, where: str):
+    """``value`` as a ``cls`` (a dict is checked key by key)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    raise ConfigError(f"{where}={value!r} must be a {cls.__name__} or a dict of its settings.")
+
+
+@dataclass
+class CalibJobConfig(CalibConfig):
+    """The job's ``calib`` config group: a :class:`CalibConfig` (what ``calibrate`` receives, as
+    is) plus the settings the job reads itself.
+
+    Args:
+        num_images: calibration images taken from the calib split.
+        image_seed: ``None``: the split's first ``num_images``; a number: ``num_images`` drawn
+            from the whole split in an order this seed sets (benchmarks vary it with the seed).
+        batch_size: images per calibration batch.
+        loss: the distillation loss, one of ``LOSSES`` (``fgl`` needs a detector,
+            ``keypoint_distill`` a keypoint model).
+        fgl: the filtered global loss's settings (:class:`FGLConfig`).
+        features: feature matching added to the loss (:class:`FeaturesConfig`).
+        layer_params: a search's ``layer_params.json``, applied instead of calibrating.
+        quantized_state: a run's ``quantized_state_dict.pt``, loaded instead of calibrating.
+        resume: continue an interrupted calibration from the run folder's ``calib_ckpt``.
+        (the rest: see :class:`CalibConfig`)
+    """
+
+    num_images: int = 256
+    image_seed: int | None = None
+    batch_size: int = 16
+    loss: str = "output_mse"
+    fgl: FGLConfig = field(default_factory=FGLConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    layer_params: str | None = None
+    quantized_state: str | None = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _int_at_least("calib.num_images", self.num_images, 1)
+        _int_at_least("calib.batch_size", self.batch_size, 1)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"calib.loss={self.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+        self.fgl = _nested(self.fgl, FGLConfig, "calib.fgl")
+        self.features = _nested(self.features, FeaturesConfig, "calib.features")

@@ -22,7 +22,6 @@ LightningModule at the start and end of fitting), so evaluation afterwards is un
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.tree import flatten_tensors
-from .config import check_keys
+from .config import FeaturesConfig
 
 
 def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -43,28 +42,6 @@ def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
             raise ConfigError(f"calib.features.modules: pattern {pattern!r} matches no module of "
                               f"{type(model).__name__} (its top-level modules: {top}).")
     return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """Feature matching's settings (the ``calib.features`` group), checked when built; with
-    ``weight=0`` it is off and ``modules`` may be empty."""
-
-    modules: list = field(default_factory=list)
-    weight: float = 0.0
-    fisher: bool = False
-
-    def __post_init__(self) -> None:
-        if float(self.weight) < 0:
-            raise ConfigError(f"calib.features.weight={self.weight!r} must be >= 0.")
-        if self.weight and not self.modules:
-            raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
-                              "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FeaturesConfig":
-        check_keys(values, cls, "calib.features")
-        return cls(**values)
 
 
 class FeatureMatching:

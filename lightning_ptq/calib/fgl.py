@@ -26,21 +26,17 @@ that can say "these are my per-anchor class logits and boxes" can use it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
-from ..core.errors import ConfigError
-from .config import check_keys
+from .config import FGLConfig
 from .losses import OutputMSE
 
 log = logging.getLogger(__name__)
 
-REG_LOSSES = ("giou", "l1")
-COMBINES = ("union", "intersection")
 
 
 class DetectorAdapter(Protocol):
@@ -62,40 +58,9 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
 
 
-@dataclass(frozen=True)
-class FGLConfig:
-    """The filtered global loss's settings (the ``calib.fgl`` group), checked when built: see
-    :class:`FilteredGlobalLoss`."""
-
-    conf_thr: float = 2e-4
-    iou_thr: float = 0.1
-    lambda_reg: float = 1.0
-    reg_loss: str = "giou"
-    lambda_local: float = 0.0
-    combine: str = "intersection"
-    filter_cls: bool = False
-
-    def __post_init__(self) -> None:
-        for key in ("conf_thr", "iou_thr"):
-            if not 0.0 <= float(getattr(self, key)) <= 1.0:
-                raise ConfigError(f"{key}={getattr(self, key)!r} must lie in [0, 1].")
-        for key in ("lambda_reg", "lambda_local"):
-            if float(getattr(self, key)) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0.")
-        if self.reg_loss not in REG_LOSSES:
-            raise ConfigError(f"reg_loss={self.reg_loss!r} is unknown: choose one of {', '.join(REG_LOSSES)}.")
-        if self.combine not in COMBINES:
-            raise ConfigError(f"combine={self.combine!r} is unknown: choose one of {', '.join(COMBINES)}.")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FGLConfig":
-        check_keys(values, cls, "calib.fgl")
-        return cls(**values)
-
-
 class FilteredGlobalLoss:
-    """``(student_out, teacher_out) -> (loss, parts)``; see the module docstring. ``settings``
-    are the fields of :class:`FGLConfig`.
+    """``(student_out, teacher_out) -> (loss, parts)``; see the module docstring. The settings are
+    an :class:`FGLConfig` (``config``) or its fields as keywords.
 
     A batch in which no anchor survives the filter falls back to every anchor (with a warning) and
     is counted in ``fallback_batches``.
@@ -103,8 +68,10 @@ class FilteredGlobalLoss:
 
     name = "fgl"
 
-    def __init__(self, adapter: DetectorAdapter, **settings):
-        config = FGLConfig.from_dict(settings)
+    def __init__(self, adapter: DetectorAdapter, config: FGLConfig | None = None, **settings):
+        if config is not None and settings:
+            raise TypeError(f"FilteredGlobalLoss: give config or the settings {sorted(settings)}, not both.")
+        config = config if config is not None else FGLConfig.from_dict(settings)
         self.adapter, self.conf_thr, self.iou_thr = adapter, float(config.conf_thr), float(config.iou_thr)
         self.lambda_reg, self.reg_loss = float(config.lambda_reg), config.reg_loss
         self.lambda_local, self._local = float(config.lambda_local), OutputMSE()

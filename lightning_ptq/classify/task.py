@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import default_collate
 
@@ -41,16 +42,19 @@ class ClassificationTask(TaskBase):
     def evaluate(self, model) -> dict[str, float]:
         return {"acc": evaluate_accuracy(model, self.datamodule.test_dataloader())}
 
-    def calibration_sets(self, search: bool):
+    def calibration_sets(self, search):
         dm, cfg = self.datamodule, self.cfg
         pool = dm.dataset("pool")
-        if search:
+        if search is not None:
             calib_idx, val_idx = select_sets([[label] for label in dm.labels("pool")], dm.num_classes,
-                                             dm.class_names, cfg.search)
+                                             dm.class_names, search)
         else:
-            calib_idx, val_idx = list(range(min(cfg.calib.num_images, len(pool)))), []
+            seed = cfg.calib.get("image_seed")
+            order = (torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+                     if seed is not None else range(len(pool)))
+            calib_idx, val_idx = list(order[:cfg.calib.num_images]), []
         batches = subset_batches(pool, calib_idx, cfg.calib.batch_size, default_collate)
-        val = StagedEvaluator(subset_batches(pool, val_idx, cfg.calib.batch_size, default_collate)) if search else None
+        val = StagedEvaluator(subset_batches(pool, val_idx, cfg.calib.batch_size, default_collate)) if search is not None else None
         return batches, val
 
     def extra_results(self, fp: dict, quant: dict) -> dict:

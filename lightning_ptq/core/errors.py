@@ -6,6 +6,9 @@ traceback.
 """
 from __future__ import annotations
 
+import difflib
+from dataclasses import fields
+
 
 class UserError(Exception):
     """A problem with what the user gave; the message says what and how to fix it."""
@@ -13,3 +16,14 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting has a value that cannot work; the message names it and what is allowed."""
+
+
+def check_keys(values: dict, cls: type, where: str) -> None:
+    """ConfigError for the first key of ``values`` that the dataclass ``cls`` has no field for:
+    the key as ``where.key``, the allowed keys and the closest of them."""
+    allowed = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(f"{where}.{key} is not a setting (allowed: {', '.join(allowed)})"
+                              + (f"; did you mean {where}.{close[0]}?" if close else "."))

@@ -36,8 +36,10 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The metrics of ``model`` on the test split."""
 
-    def calibration_sets(self, search: bool) -> tuple[list, Callable[[nn.Module], float] | None]:
-        """The calibration batches and, for a search, the validation metric it optimises."""
+    def calibration_sets(self, search: Any | None) -> tuple[list, Callable[[nn.Module], float] | None]:
+        """The calibration batches and, for a search (``search``: its
+        :class:`~lightning_ptq.search.SearchJobConfig`, ``None`` without), the validation metric
+        it optimises."""
 
     def extra_results(self, fp: dict, quant: dict) -> dict:
         """Numbers of this task for ``results.json`` beyond the shared ones."""

@@ -49,16 +49,15 @@ class DetectionTask(TaskBase):
     def evaluate(self, model) -> dict[str, float]:
         return evaluate_detections(model, self.datamodule.test_dataloader(), **eval_kwargs(self.cfg))
 
-    def calibration_sets(self, search: bool):
-        if not search:
-            return calibration_batches(self.datamodule, self.cfg.calib.num_images), None
+    def calibration_sets(self, search):
+        if search is None:
+            return calibration_batches(self.datamodule, self.cfg.calib.num_images, self.cfg.calib.get("image_seed")), None
         # calibration and validation images from the pool (calib and val splits) by search.selection;
         # the test split never takes part
         splits = [self.datamodule.dataset(s) for s in ("calib", "val")]
         pool = ConcatDataset(splits)
         classes = [c for ds in splits for c in ds.image_classes()]
-        calib_idx, val_idx = select_sets(classes, self.datamodule.num_classes, self.datamodule.class_names,
-                                         self.cfg.search)
+        calib_idx, val_idx = select_sets(classes, self.datamodule.num_classes, self.datamodule.class_names, search)
         log.info("search: %d calibration and %d validation images from a pool of %d", len(calib_idx), len(val_idx),
                  len(pool))
         batch_size = self.cfg.calib.batch_size

@@ -21,56 +21,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..core.errors import ConfigError
 from ..core.io import atomic_write_json
-from .errors import INT4_OPSET
+from .config import ExportConfig
 from .integer import compare_layers, to_integer
-from .onnx import MIN_OPSET, require, to_onnx, to_onnx_float
-from .runtimes import RUNTIMES, RuntimeModel, images_per_second, output_differences
+from .onnx import to_onnx, to_onnx_float
+from .runtimes import RuntimeModel, images_per_second, output_differences
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "integer")
 PREFIX = {"onnxruntime": "onnx", "openvino": "openvino"}
-KEYS = ("formats", "runtimes", "opset", "threads", "speed_batch", "speed_seconds", "compare_batches")
-
-
-def check_export_config(export: DictConfig | None) -> None:
-    """Fail at start-up, with the fix, on export settings that cannot work (or a runtime that is
-    not installed)."""
-    if not export or not export.formats:
-        return
-    unknown = sorted(set(export) - set(KEYS))
-    if unknown:
-        raise ConfigError(f"export has unknown keys {unknown}: allowed are {list(KEYS)}.")
-    bad = [f for f in export.formats if f not in FORMATS]
-    if bad:
-        raise ConfigError(f"export.formats has {bad}: choose among {', '.join(FORMATS)} (or export=none).")
-    if "onnx" in export.formats:
-        bad = [r for r in export.runtimes if r not in RUNTIMES]
-        if bad or not export.runtimes:
-            raise ConfigError(f"export.runtimes={list(export.runtimes)} must list one or more of {', '.join(RUNTIMES)}.")
-        if not isinstance(export.opset, int) or export.opset < MIN_OPSET:
-            raise ConfigError(f"export.opset={export.opset!r} must be an integer >= {MIN_OPSET} "
-                              f"({INT4_OPSET} for 4-bit layers).")
-        require("onnx", "onnxscript", *export.runtimes)
-    for key in ("speed_batch", "compare_batches"):
-        if not isinstance(export[key], int) or export[key] < 1:
-            raise ConfigError(f"export.{key}={export[key]!r} must be a positive integer.")
-    if export.threads is not None and (not isinstance(export.threads, int) or export.threads < 1):
-        raise ConfigError(f"export.threads={export.threads!r} must be a positive integer or null.")
-    if not export.speed_seconds > 0:
-        raise ConfigError(f"export.speed_seconds={export.speed_seconds!r} must be > 0.")
 
 
 def _measured(prefix: str, model: nn.Module, qmodel: nn.Module, evaluate, compare: list, images: torch.Tensor,
-              export: DictConfig) -> dict:
+              export: ExportConfig) -> dict:
     metrics = evaluate(model)
     diffs = output_differences(model, qmodel, compare)
     return {
@@ -81,13 +50,13 @@ def _measured(prefix: str, model: nn.Module, qmodel: nn.Module, evaluate, compar
     }
 
 
-def deploy(export: DictConfig | None, fp_model: nn.Module, qmodel: nn.Module, calib_images: list[torch.Tensor],
+def deploy(export: ExportConfig | None, fp_model: nn.Module, qmodel: nn.Module, calib_images: list[torch.Tensor],
            run_dir: Path, evaluate: Callable[[nn.Module], dict]) -> dict:
     """Export and measure ``qmodel`` as ``export`` says (nothing for ``export=none``); returns the
     numbers to add to the run's results (see the module docstring). ``calib_images``: image
     batches of the calibration split (the example input, the speed runs, the output comparison
     and the integer executor's output ranges); ``evaluate(model)``: the job's test metrics."""
-    if not export or not export.formats:
+    if export is None or not export.formats:
         return {}
     run_dir = Path(run_dir)
     qmodel, fp_model = qmodel.eval(), fp_model.eval()
@@ -121,6 +90,6 @@ def deploy(export: DictConfig | None, fp_model: nn.Module, qmodel: nn.Module, ca
         results["integer.integer_layers"] = sum(1 for r in model.report if r["kind"].startswith("integer"))
         results["integer.float_layers"] = sum(1 for r in model.report if not r["kind"].startswith("integer"))
         report["integer"] = {"layers": model.report, "within_one_step": shares}
-    atomic_write_json({"settings": OmegaConf.to_container(export, resolve=True), **report},
+    atomic_write_json({"settings": asdict(export), **report},
                       run_dir / "export_report.json")
     return results

@@ -64,8 +64,8 @@ class KeypointTask(TaskBase):
         return evaluate_keypoints(model, self.datamodule.test_dataloader(), progress=self.cfg.trainer.enable_progress_bar,
                                   sigmas=self.cfg.eval.oks_sigmas)
 
-    def calibration_sets(self, search: bool):
-        return calibration_batches(self.datamodule, self.cfg.calib.num_images), None
+    def calibration_sets(self, search):
+        return calibration_batches(self.datamodule, self.cfg.calib.num_images, self.cfg.calib.get("image_seed")), None
 
     def extra_results(self, fp: dict, quant: dict) -> dict:
         return {

@@ -5,10 +5,10 @@ what is allowed, so a typo in a Hydra override fails at start-up instead of half
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, check_keys
 
 MIN_BITS, MAX_BITS = 2, 8
 RANGE_INITS = ("minmax", "percentile", "mse")
@@ -129,13 +129,9 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "QuantConfig":
-        """Build from a plain dict (e.g. a Hydra node); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown quantization setting(s) {unknown}: allowed are {sorted(known)}."
-            )
+        """Build from a plain dict (e.g. the ``quant`` group); an unknown key is an error naming
+        the closest."""
+        check_keys(values, cls, "quant")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,39 +12,29 @@ from torch.utils.data import Dataset, Subset
 
 from ..core.errors import ConfigError
 from .balanced import balanced_split, random_split
-from .layerwise import SearchConfig, SearchResult, search_layers
+from .config import SearchJobConfig
+from .layerwise import SearchResult, search_layers
 from .report import write_search_report
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = ("balanced", "random")
-SELECTION_KEYS = ("selection", "calib_per_class", "val_per_class", "seed")
 
-
-def search_config(node: DictConfig, mode: str) -> SearchConfig:
-    """The :class:`SearchConfig` of the ``search`` node (its selection keys aside)."""
-    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in SELECTION_KEYS}
-    known = {f.name for f in fields(SearchConfig)} - {"mode"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown search setting(s) {unknown}: allowed are {sorted(known | set(SELECTION_KEYS))}.")
-    for key in ("percentiles", "clip_ratios", "more_bits"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return SearchConfig(**values, mode=mode)
-
-
-def check_selection(node: DictConfig) -> None:
-    if node.selection not in SELECTIONS:
-        raise ConfigError(f"search.selection={node.selection!r} is not allowed: choose {' or '.join(SELECTIONS)}.")
+def search_config(node: DictConfig | dict, mode: str) -> SearchJobConfig:
+    """The ``search`` group as the :class:`SearchJobConfig` the job searches with, validated once,
+    here; ``mode`` is the task's direction (``max`` or ``min``), which the group may not contradict."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    given = values.pop("mode", None)
+    if given is not None and given != mode:
+        raise ConfigError(f"search.mode={given!r}, but this task's metric is {'maximised' if mode == 'max' else 'minimised'} "
+                          f"(mode={mode!r}): drop search.mode, the task sets it.")
+    return SearchJobConfig.from_dict({**values, "mode": mode})
 
 
 def select_sets(image_classes: Sequence, num_classes: int, class_names: Sequence[str],
-                node: DictConfig) -> tuple[list[int], list[int]]:
+                node: SearchJobConfig) -> tuple[list[int], list[int]]:
     """Calibration and validation indices into the pool: class-balanced, or (the baseline) random
     with as many images as the balanced sets would have (for detection, where an image counts for
     each of its classes, that is fewer than ``per_class x classes``)."""
-    check_selection(node)
     calib, val = balanced_split(image_classes, num_classes, node.calib_per_class, node.val_per_class, node.seed,
                                 class_names)
     if node.selection == "balanced":
@@ -61,15 +50,15 @@ def subset_batches(dataset: Dataset, indices: list[int], batch_size: int, collat
             for start in range(0, len(subset), batch_size)]
 
 
-def run_search(cfg: DictConfig, run_dir: Path, qmodel, calib_batches: list, evaluator, metric: str,
-               mode: str = "max", logger=None) -> SearchResult:
-    """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`)."""
-    config = search_config(cfg.search, mode)
-    if cfg.calib.get("weight_lr", 0) > 0:
+def run_search(config: SearchJobConfig, weight_lr: float, run_dir: Path, qmodel, calib_batches: list, evaluator,
+               metric: str, progress: bool = True, logger=None) -> SearchResult:
+    """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`).
+    ``weight_lr``: the calibration's (tuned weights are not in the parameter file: a warning)."""
+    if weight_lr > 0:
         log.warning("calib.weight_lr=%s tuned the weights, but layer_params.json holds bits and ranges only: "
                     "calib.layer_params=<file> would put the searched ranges on the original weights. Reload "
-                    "this model from quantized_state_dict.pt, or search with calib.weight_lr=0.", cfg.calib.weight_lr)
-    result = search_layers(qmodel, calib_batches, evaluator, config, progress=cfg.trainer.enable_progress_bar)
+                    "this model from quantized_state_dict.pt, or search with calib.weight_lr=0.", weight_lr)
+    result = search_layers(qmodel, calib_batches, evaluator, config, progress=progress)
     write_search_report(result, qmodel, run_dir, config.threshold, f"validation {metric}", logger)
     return result
 

@@ -29,76 +29,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calib.observe import ForwardFn, default_forward
-from ..core.errors import ConfigError
-from ..quant.config import check_bits
 from ..quant.laq import LogAffineQuantizer
 from ..quant.observer import SampleObserver
 from ..quant.quantizer import QuantizerBase, quantization_disabled
 from ..quant.swap import quantized_layers, set_submodule
 from .candidates import Candidate, build_quantizer, candidates_for
+from .config import SearchConfig
 from .evaluator import FunctionEvaluator
 
 log = logging.getLogger(__name__)
-
-MODES = ("max", "min")
-
-
-@dataclass
-class SearchConfig:
-    """Settings of :func:`search_layers` (metric units are those of the evaluator).
-
-    Args:
-        mode: ``max`` if a higher metric is better (accuracy, mAP), ``min`` otherwise (NME).
-        threshold: a layer whose drop, quantized alone, reaches this is a target.
-        max_targets: search at most this many targets (the most sensitive); ``None``: all.
-        target: stop when the validation metric reaches this value ...
-        max_drop: ... or (when ``target`` is ``None``) when it is within this relative drop of
-            the float model (0.01: 1 %).
-        tolerance: a layer is done when the metric is within this of the metric with the layer
-            in float; also the least gain for a candidate to replace the current parameters.
-        max_tries_per_layer, max_evaluations: try budgets, per layer and for the whole search.
-        percentiles, clip_ratios: the range candidates besides ``minmax`` and ``mse``.
-        more_bits: wider bit widths tried when ranges are not enough (up to 8).
-        allow_float: float fallback as the last resort.
-        act_samples: input values kept per target layer for the range candidates.
-    """
-
-    mode: str = "max"
-    threshold: float = 0.005
-    max_targets: int | None = None
-    target: float | None = None
-    max_drop: float | None = 0.01
-    tolerance: float = 0.005
-    max_tries_per_layer: int = 24
-    max_evaluations: int = 400
-    percentiles: tuple[float, ...] = (99.9, 99.99)
-    clip_ratios: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
-    more_bits: tuple[int, ...] = (6, 8)
-    allow_float: bool = True
-    act_samples: int = 1 << 16
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"search.mode={self.mode!r} is not allowed: choose max or min.")
-        for name in ("threshold", "tolerance"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"search.{name}={getattr(self, name)!r} must be >= 0.")
-        if self.target is None and self.max_drop is None:
-            raise ConfigError("search: give target (an absolute metric) or max_drop (relative to float).")
-        if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
-            raise ConfigError(f"search.max_drop={self.max_drop!r} must lie in [0, 1), e.g. 0.01 for 1 %.")
-        for name in ("max_tries_per_layer", "max_evaluations", "act_samples") + (("max_targets",) if self.max_targets is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"search.{name}={value!r} must be a positive integer.")
-        self.more_bits = tuple(check_bits("search.more_bits entry", b) for b in self.more_bits)
-        for r in self.clip_ratios:
-            if not 0.0 < r <= 1.0:
-                raise ConfigError(f"search.clip_ratios entry {r!r} must lie in (0, 1].")
-        for p in self.percentiles:
-            if not 50.0 < p <= 100.0:
-                raise ConfigError(f"search.percentiles entry {p!r} must lie in (50, 100].")
-        self.percentiles, self.clip_ratios = tuple(self.percentiles), tuple(self.clip_ratios)
 
 
 @dataclass

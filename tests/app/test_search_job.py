@@ -44,8 +44,9 @@ def test_a_pool_too_small_for_the_balanced_sets_names_the_classes(cache_dir, tmp
 
 
 def test_bad_search_settings_fail_before_any_work(cache_dir, tmp_path):
-    with pytest.raises(ConfigError, match="unknown search setting"):
-        run_job(search_cfg(cache_dir, "+search.max_trys=3"), tmp_path)
+    with pytest.raises(ConfigError, match=r"search.max_trys is not a setting \(allowed: mode, threshold, .*\); "
+                                          r"did you mean search.max_targets\?"):
+        run_job(search_cfg(cache_dir, "+search.max_trys=3"), tmp_path)  # the schema stops it while composing
     with pytest.raises(ConfigError, match="search.selection='stratified' is not allowed"):
         run_job(search_cfg(cache_dir, "search.selection=stratified"), tmp_path)
     assert not any(tmp_path.iterdir())
@@ -59,6 +60,7 @@ def test_search_after_weight_tuning_warns_that_layer_params_hold_no_weights(tmp_
     for weight_lr, warned in ((0.0, False), (0.05, True)):
         caplog.clear()
         cfg = compose_config(["+recipe=yolo_w4a4_search", f"calib.weight_lr={weight_lr}"])
-        job.run_search(cfg, tmp_path, qmodel=None, calib_batches=[], evaluator=None, metric="map")
+        job.run_search(job.search_config(cfg.search, "max"), cfg.calib.weight_lr, tmp_path, qmodel=None,
+                       calib_batches=[], evaluator=None, metric="map")
         assert ("layer_params.json holds bits and ranges only" in caplog.text) == warned
         assert ("quantized_state_dict.pt" in caplog.text) == warned

@@ -29,7 +29,7 @@ def test_bad_settings(kwargs, message):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ValueError, match=r"unknown quantization setting\(s\) \['wbits'\]"):
+    with pytest.raises(ValueError, match=r"quant.wbits is not a setting \(allowed: .*\); did you mean quant.w_bits\?"):
         QuantConfig.from_dict({"wbits": 4})
 
 
