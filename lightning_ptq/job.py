@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from .core.errors import ConfigError
+from .core.memory import PeakRSS
 from .core.task import missing_members
 from .pipeline import (
     check_calib_config, check_loss_family, deploy_and_save, export_config, log_to_wandb, print_deploy_table,
@@ -69,10 +70,11 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     _, fp_model = task.load()
     fp = task.evaluate(fp_model)
     batches, validate = task.calibration_sets(search)
-    qmodel, calib_seconds = quantize_and_calibrate(
-        fp_model, qcfg, batches, calib, cfg.trainer, logger,
-        checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
-    )
+    with PeakRSS() as memory:
+        qmodel, calib_seconds = quantize_and_calibrate(
+            fp_model, qcfg, batches, calib, cfg.trainer, logger,
+            checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
+        )
     quant = task.evaluate(qmodel)
     search_numbers = {}
     if search is not None:
@@ -83,6 +85,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
         quant = searched  # the job's result is the searched model; search.test_start is the one before
 
     results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
+    results["calib_peak_rss_mib"] = memory.peak
     results |= task.extra_results(fp, quant)
     save_run(run_dir, qmodel, results)
     results |= deploy_and_save(export, fp_model, qmodel, batches, run_dir, results, task.evaluate)

@@ -70,6 +70,9 @@ def search_results(result: SearchResult, test_fp: float, test_before: float, tes
         "search.val_fp": result.fp_metric, "search.val_start": result.start_metric,
         "search.val_final": result.final_metric, "search.test_fp": test_fp, "search.test_start": test_before,
         "search.test_final": test_after,
+        # the share of the quantized model's gap to FP that the search closed, on test
+        "search.test_gap_recovered": (test_after - test_before) / (test_fp - test_before)
+        if test_fp != test_before else float("nan"),
         "search.reached": result.reached, "search.evaluations": sum(result.evaluations.values()),
         "search.minutes": sum(result.seconds.values()) / 60, "search.targets": sum(r.target for r in result.layers),
         "search.float_layers": len(result.float_layers), **{f"search.{k}": v for k, v in result.average_bits().items()},
