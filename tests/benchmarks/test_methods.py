@@ -64,7 +64,7 @@ def test_every_sweep_value_of_a_benchmark_composes_into_valid_settings(name):
     params = {k: str(v).split(",") for k, v in hydra.sweeper.params.items()}
     assert hydra.callbacks.collect._target_ == "lightning_ptq.collect.Collect"
     assert hydra.callbacks.collect.out == f"benchmarks/results/{name}"
-    assert hydra.sweep.dir.startswith(f"benchmarks/runs/{name}/")
+    assert OmegaConf.to_container(hydra.sweep)["dir"].startswith(f"benchmarks/runs/{name}/")
     first = {k: v[0] for k, v in params.items()}
     for key, values in params.items():
         for value in values:  # each value once, the other parameters at their first value
