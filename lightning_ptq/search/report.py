@@ -35,8 +35,12 @@ def layer_table(result: SearchResult, metric: str = "metric") -> Table:
                         f"searched {result.final_metric:.4f}, goal {result.goal:.4f})",
                   caption=f"average bits: weights {bits['avg_w_bits']:.2f}, activations {bits['avg_a_bits']:.2f}; "
                           f"evaluations: {result.evaluations}")
+    longest = max((len(r.name) for r in result.layers), default=5)
     for c in COLUMNS:
-        table.add_column(c, justify="left" if c in ("layer", "first", "chosen") else "right")
+        if c == "layer":  # whole names, folded onto more lines rather than cut when the console is narrow
+            table.add_column(c, justify="left", overflow="fold", min_width=min(longest, 48))
+        else:
+            table.add_column(c, justify="left" if c in ("first", "chosen") else "right")
     for row in layer_rows(result)[1]:
         table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     return table
