@@ -79,14 +79,21 @@ class CalibConfig:
             with this probability.
         weight_lr: > 0: weights and biases learn too, at this many weight grid steps per update.
         recon: block reconstruction before the steps (:class:`ReconConfig`; a dict is accepted).
+        holdout: share of the calibration batches held out of every stage (at least one batch,
+            when there are two or more), on which the distillation error is measured before and
+            after learning; 0: no held-out check.
+        keep_better: when learning made the held-out error worse, go back to the state before
+            learning (``False``: keep the learned state and only warn).
     """
 
     steps: int = 200
     lr: float = 1e-3
-    init_batches: int | None = None
+    init_batches: int | None = 8
     drop_prob: float = 0.0
     weight_lr: float = 0.0
     recon: ReconConfig = field(default_factory=ReconConfig)
+    holdout: float = 0.1
+    keep_better: bool = True
 
     def __post_init__(self) -> None:
         _int_at_least("calib.steps", self.steps, 0, " (0: ranges only)")
@@ -96,6 +103,11 @@ class CalibConfig:
         _probability("calib.drop_prob", self.drop_prob)
         _at_least_zero("calib.weight_lr", self.weight_lr, " (0: weights stay fixed)")
         self.recon = _nested(self.recon, ReconConfig, "calib.recon")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0.0 <= self.holdout < 0.5:
+            raise ConfigError(f"calib.holdout={self.holdout!r} must lie in [0, 0.5) (the share of calibration batches "
+                              f"held out to check learning; 0: no check).")
+        if not isinstance(self.keep_better, bool):
+            raise ConfigError(f"calib.keep_better={self.keep_better!r} must be true or false.")
 
     @classmethod
     def from_dict(cls, values: dict) -> "CalibConfig":
@@ -141,7 +153,8 @@ class FGLConfig:
 @dataclass
 class FeaturesConfig:
     """Feature matching's settings (``calib.features``), checked when built; with ``weight=0`` it
-    is off and ``modules`` may be empty. See :class:`~lightning_ptq.calib.features.FeatureMatching`."""
+    is off; empty ``modules`` stand for the model's own ``feature_modules``. See
+    :class:`~lightning_ptq.calib.features.FeatureMatching`."""
 
     modules: list[str] = field(default_factory=list)
     weight: float = 0.0
@@ -150,9 +163,6 @@ class FeaturesConfig:
     def __post_init__(self) -> None:
         _at_least_zero("calib.features.weight", self.weight, " (0: off)")
         self.modules = list(self.modules)
-        if self.weight and not self.modules:
-            raise ConfigError("calib.features.modules is empty: name the modules whose outputs to match "
-                              "(e.g. [stage3, stage4, stage5]) or set calib.features.weight=0.")
 
     @classmethod
     def from_dict(cls, values: dict) -> "FeaturesConfig":

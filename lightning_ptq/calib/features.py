@@ -50,6 +50,10 @@ class FeatureMatching:
 
     def __init__(self, base, modules: list[str], weight: float = 1.0, fisher: bool = False):
         config = FeaturesConfig(list(modules), weight, fisher)
+        if not config.modules:
+            raise ConfigError("calib.features.modules is empty and the model names no feature_modules: name the "
+                              "modules whose outputs to match (e.g. [stage3, stage4, stage5]) or set "
+                              "calib.features.weight=0.")
         self.base, self.patterns, self.weight, self.fisher = base, config.modules, float(weight), bool(fisher)
         self.name = f"{getattr(base, 'name', 'loss')}+features"
         self.names: list[str] = []  # the matched module names, set by attach

@@ -1,12 +1,11 @@
-"""The detector families, and training, inference and mAP evaluation of any of them.
+"""The detectors the job builds, and training, inference and mAP evaluation of any detector.
 
-A detector here is an ``nn.Module`` whose ``forward(images)`` returns raw outputs (logits: every
-conv, head included, can be quantized while everything after it stays float) and which has
-
-* ``postprocess(outputs, conf_thr, iou_thr, max_det)`` -> per image ``{"boxes", "scores", "labels"}``;
-* ``adapter()`` -> its :class:`~lightning_ptq.calib.fgl.DetectorAdapter` (for the FGL loss);
-* ``compute_loss(images, targets)`` -> ``(loss, parts)``, its own training loss;
-* ``num_classes``, ``image_size`` and ``family`` (a key of :data:`DETECTORS`).
+A detector is a :class:`~lightning_ptq.core.detector.Detector` (that module says what it offers):
+``forward(images)`` returns raw outputs (every conv, head included, can be quantized while
+everything after it stays float), ``postprocess``, ``adapter()``, ``head_patterns``,
+``feature_modules`` and ``family``. The job builds it from ``model._target_`` (a class) with
+``num_classes`` and ``image_size`` (when its constructor takes them) and ``model.kwargs``; to be
+pretrained by the project it also needs ``compute_loss(images, targets) -> (loss, parts)``.
 
 A quantized copy (:func:`lightning_ptq.quantize` deep-copies) keeps the methods and buffers, so
 FP and quantized models go through the very same post-processing.
@@ -14,32 +13,70 @@ FP and quantized models go through the very same post-processing.
 from __future__ import annotations
 
 import inspect
+import json
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
+from ..core.detector import check_detector
 from ..core.errors import ConfigError
 from ..core.optim import adamw_warmup_cosine
 from .fcos import FCOSNet
 from .yolo import YOLO
 
+# The families this package defines (our checkpoints name them in their ``format``).
 DETECTORS: dict[str, type[nn.Module]] = {"yolo": YOLO, "fcos": FCOSNet}
+SIZE_ARGS = ("num_classes", "image_size")  # what the job passes from the data
 
 
-def build_detector(name: str, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
-    """The ``name`` family's network (random init) for ``num_classes`` and ``image_size``, with
-    the architecture settings ``kwargs`` (``model.kwargs``)."""
-    if name not in DETECTORS:
-        raise ConfigError(f"model.name={name!r} is unknown: choose one of {', '.join(DETECTORS)}.")
-    cls = DETECTORS[name]
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("num_classes", "image_size")]
-    unknown = sorted(set(kwargs) - set(allowed))
+def target_of(cls: type) -> str:
+    """The ``model._target_`` that names ``cls``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def detector_class(target: str | type) -> type:
+    """The class ``model._target_`` names (or ``target`` itself when it is one)."""
+    if isinstance(target, type):
+        return target
+    try:
+        return get_class(target)
+    except (ImportError, ValueError, AttributeError) as err:
+        raise ConfigError(f"model._target_={target!r} is not a class that can be imported "
+                          f"({str(err).splitlines()[0]}): give the dotted path of your detector class, "
+                          f"e.g. lightning_ptq.detection.YOLO or my_pkg.MyDetector.") from None
+
+
+def _architecture_args(cls: type) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls).parameters
+    return {n: p for n, p in params.items() if n not in SIZE_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def architecture(cls: type, kwargs: dict) -> dict:
+    """Every architecture argument of ``cls`` as it will be built: ``kwargs`` over the
+    constructor's defaults (so that equal models have equal cache keys however they are spelled)."""
+    args = {n: p.default for n, p in _architecture_args(cls).items() if p.default is not p.empty}
+    return json.loads(json.dumps({**args, **kwargs}, default=str))
+
+
+def build_detector(target: str | type, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
+    """The detector class ``target`` names (random init), built for ``num_classes`` and
+    ``image_size`` (passed when its constructor takes them) with the architecture settings
+    ``kwargs`` (``model.kwargs``); it must implement the Detector protocol."""
+    cls = detector_class(target)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(_architecture_args(cls))) if not takes_any else []
     if unknown:
-        raise ConfigError(f"model.kwargs has unknown keys {unknown} for model.name={name}: allowed are {allowed}.")
-    return cls(num_classes, image_size=image_size, **kwargs)
+        raise ConfigError(f"model.kwargs has unknown keys {unknown} for model._target_={target_of(cls)}: allowed "
+                          f"are {sorted(_architecture_args(cls))}.")
+    sizes = {k: v for k, v in zip(SIZE_ARGS, (num_classes, image_size)) if k in params or takes_any}
+    model = cls(**sizes, **kwargs)
+    check_detector(model, f"model._target_={target_of(cls)!r}")
+    return model
 
 
 @torch.no_grad()
@@ -75,16 +112,16 @@ def evaluate_detections(model: nn.Module, loader, conf_thr: float = 0.001, iou_t
 
 
 class DetectorModule(L.LightningModule):
-    """Lightning wrapper that trains a detector of family ``name`` (see :data:`DETECTORS`) from
-    scratch with its own loss (AdamW, warm-up + cosine, random flips) and reports validation mAP
+    """Lightning wrapper that trains the detector class ``target`` names from scratch with its own
+    loss (``compute_loss``; AdamW, warm-up + cosine, random flips) and reports validation mAP
     after each epoch."""
 
     def __init__(self, num_classes: int, image_size: int = 128, model_kwargs: dict | None = None,
                  lr: float = 2e-3, weight_decay: float = 5e-4, warmup_fraction: float = 0.05,
-                 flip: bool = True, name: str = "yolo"):
+                 flip: bool = True, target: str = "lightning_ptq.detection.YOLO"):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_detector(name, num_classes, image_size, dict(model_kwargs or {}))
+        self.model = build_detector(target, num_classes, image_size, dict(model_kwargs or {}))
         self.val_map = map_metric()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

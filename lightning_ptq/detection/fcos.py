@@ -105,6 +105,9 @@ class FCOSNet(nn.Module):
     """
 
     family = "fcos"
+    head_patterns = ("head.classification_head.*", "head.regression_head.*")
+    feature_modules = ("backbone.body.layer1", "backbone.body.layer2", "backbone.body.layer3", "backbone.body.layer4",
+                       "backbone.fpn")
 
     def __init__(self, num_classes: int, image_size: int = 128, fpn_channels: int = 64, num_convs: int = 4):
         super().__init__()

@@ -113,6 +113,9 @@ class YOLO(nn.Module):
     and block counts (3, 6, 6, 3) as the n/s/m variants do (nano: 0.25 / 0.33)."""
 
     family = "yolo"
+    head_patterns = ("head.*",)  # every conv of the decoupled heads (class and DFL box branches)
+    # backbone stages and neck outputs: where feature matching (calib.features) compares
+    feature_modules = ("stem", "stage3", "stage4", "stage5", "top_down4", "top_down3", "bottom_up4", "bottom_up5")
 
     def __init__(self, num_classes: int, width_mult: float = 0.25, depth_mult: float = 0.33,
                  reg_max: int = 8, image_size: int = 128, max_channels: int = 1024):

@@ -15,6 +15,8 @@ RANGE_INITS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("per_channel", "per_tensor")
 LAYER_TYPES = ("Conv2d", "Linear")
 LAQ_TARGETS = ("weights", "activations", "both")
+# In laq_patterns: the model's own head layers, its ``head_patterns`` (the Detector protocol).
+HEAD = "@head"
 
 
 def check_bits(name: str, value: Any) -> int:
@@ -78,6 +80,7 @@ class QuantConfig:
         laq_patterns: layers (``fnmatch`` on names, e.g. ``head.box.*``) whose quantizers are the
             learnable log-affine quantizer (:class:`~lightning_ptq.quant.laq.LogAffineQuantizer`)
             instead of the uniform one; its ranges come from its own search, not ``*_init``.
+            ``@head`` stands for the model's own head layers (a detector's ``head_patterns``).
         laq_on: what LAQ quantizes in those layers: ``weights``, ``activations`` or ``both``.
         laq_shift_exact: constrain LAQ's slope to ``k = 1/n`` (not learned), so that every level
             is a power of two times a per-channel scale and an integer kernel multiplies by shifts;
@@ -100,7 +103,7 @@ class QuantConfig:
     overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
     act_samples: int = 1 << 18
     laq_patterns: tuple[str, ...] = ()
-    laq_on: str = "both"
+    laq_on: str = "weights"
     laq_shift_exact: bool = False
 
     def __post_init__(self) -> None:
@@ -136,6 +139,18 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_model(self, model) -> "QuantConfig":
+        """This config with :data:`HEAD` in ``laq_patterns`` replaced by ``model.head_patterns``."""
+        if HEAD not in self.laq_patterns:
+            return self
+        head = tuple(getattr(model, "head_patterns", None) or ())
+        if not head:
+            raise ConfigError(
+                f"laq_patterns names {HEAD} (the model's head) but {type(model).__name__} has no head_patterns: give "
+                f"the head's layer patterns instead, e.g. laq_patterns=['head.*'], or implement the Detector protocol "
+                f"(lightning_ptq.core.detector).")
+        return replace(self, laq_patterns=tuple(p for q in self.laq_patterns for p in (head if q == HEAD else (q,))))
 
     def layer_laq(self, name: str) -> tuple[bool, bool]:
         """Whether layer ``name`` gets LAQ on its (weights, input activations)."""

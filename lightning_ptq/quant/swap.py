@@ -20,7 +20,12 @@ from .quantizer import QuantizerBase
 
 
 class LayerPatternError(UserError, ValueError):
-    """A layer name pattern matched no module."""
+    """A layer name pattern matched no module; ``pattern`` is it, ``candidates`` the names of the
+    layers it could have matched."""
+
+    def __init__(self, message: str, pattern: str = "", candidates: list[str] | None = None):
+        super().__init__(message)
+        self.pattern, self.candidates = pattern, list(candidates or [])
 
 
 def _select(model: nn.Module, cfg: QuantConfig) -> list[str]:
@@ -33,8 +38,7 @@ def _select(model: nn.Module, cfg: QuantConfig) -> list[str]:
                 f"layer pattern {pattern!r} matches no {'/'.join(cfg.types)} layer of "
                 f"{type(model).__name__}. Patterns are fnmatch globs on module names such as: "
                 f"{shown or '(the model has no such layer)'}. Fix quant.include / quant.exclude / "
-                f"quant.overrides / quant.laq_patterns."
-            )
+                f"quant.overrides / quant.laq_patterns.", pattern, candidates)
     return [
         n for n in candidates
         if any(fnmatchcase(n, p) for p in cfg.include) and not any(fnmatchcase(n, p) for p in cfg.exclude)
@@ -61,7 +65,7 @@ def quantize(
     forward pass shows which activation modules are applied once, right after their conv), and
     without it nothing is fused.
     """
-    cfg = cfg or QuantConfig()
+    cfg = (cfg or QuantConfig()).for_model(model)
     if not inplace:
         model = copy.deepcopy(model)
     if any(isinstance(m, QuantLayerMixin) for m in model.modules()):

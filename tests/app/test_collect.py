@@ -54,7 +54,7 @@ def test_a_folder_without_finished_runs_is_a_clear_error(tmp_path):
 
 TINY = [
     "trainer.enable_progress_bar=false", "data.generator_kwargs={splits: {train: 16, calib: 8, val: 8, test: 8}}",
-    "model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
+    "+model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
     "calib.num_images=8", "calib.init_batches=1", "calib.steps=2", "calib.batch_size=4", "eval.num_vis_images=1",
 ]
 

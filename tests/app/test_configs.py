@@ -78,7 +78,7 @@ def test_bad_quant_values(override, message):
         ("calib.fgl.combine=both", r"calib.fgl.combine='both' is unknown: choose one of union, intersection"),
         ("calib.recon.weight_lr=-0.01", r"calib.recon.weight_lr=-0.01 must be >= 0"),
         ("calib.features.weight=-1", r"calib.features.weight=-1.0 must be >= 0"),
-        ("calib.features.weight=1", r"calib.features.modules is empty"),
+        ("calib.holdout=0.6", r"calib.holdout=0.6 must lie in \[0, 0.5\)"),
     ],
 )
 def test_bad_calib_values(override, message):
@@ -167,6 +167,27 @@ def test_a_task_target_that_is_not_a_task_is_named_with_what_it_lacks(target, me
     assert not (tmp_path / "cache").exists()  # nothing loaded or written
 
 
+def test_feature_matching_and_fgl_need_what_the_model_names():
+    """Empty calib.features.modules means the model's own feature_modules; a model without them,
+    or FGL on a model without an adapter, is named with the fix."""
+    from torch import nn
+
+    from lightning_ptq.calib import FeatureMatching
+    from lightning_ptq.detection import YOLO
+    from lightning_ptq.pipeline import calibration_loss
+
+    cfg = check_calib_config(compose_config(["+recipe=yolo_w4a4", "calib.features.weight=1"]).calib)
+    loss = calibration_loss(cfg, YOLO(3, width_mult=0.125, image_size=64))
+    assert isinstance(loss, FeatureMatching) and loss.patterns == list(YOLO.feature_modules)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ConfigError, match=r"calib.features.modules is empty and the model names no feature_modules"):
+        calibration_loss(check_calib_config(compose_config(["calib.features.weight=1"]).calib), plain)
+    with pytest.raises(ConfigError, match=r"calib.loss=fgl reads the detector's class logits and boxes through its "
+                                          r"adapter\(\), and Sequential has none: implement the Detector protocol .*"
+                                          r"README, 'Your own detector'"):
+        calibration_loss(check_calib_config(compose_config(["calib.loss=fgl"]).calib), plain)
+
+
 def test_every_trainer_setting_reaches_the_calibration_trainer(tmp_path, monkeypatch):
     import torch
     from torch import nn
@@ -194,7 +215,7 @@ def test_every_trainer_setting_reaches_the_calibration_trainer(tmp_path, monkeyp
 @pytest.mark.parametrize("override, message", [
     ("calib.stesp=3", r"'calib.stesp' is not a setting: calib has no key 'stesp' \(its keys: batch_size, .*\)\. "
                       r"Did you mean calib.steps\?$"),  # a schema group takes no new keys: no + hint
-    ("model.nmae=x", r"Did you mean model.name\? To add a new key on purpose, write \+model.nmae=x\."),
+    ("model.chekpoint=x", r"Did you mean model.checkpoint\? To add a new key on purpose, write \+model.chekpoint=x\."),
     ("calibration.steps=3", r"the config has no key 'calibration' .* Did you mean calib\?"),
     ("quant.wbits=4", r"Did you mean quant.w_bits\?"),
 ])

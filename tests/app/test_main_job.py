@@ -22,7 +22,7 @@ from lightning_ptq.quant import LayerPatternError, quantized_layers
 TINY = [
     "logger=none", "trainer.enable_progress_bar=false",
     "data.generator_kwargs={splits: {train: 16, calib: 8, val: 8, test: 8}}",
-    "model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
+    "+model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
     "calib.num_images=8", "calib.init_batches=1", "calib.steps=3", "calib.batch_size=4", "eval.num_vis_images=2",
 ]
 
@@ -118,10 +118,10 @@ def test_every_conv_including_the_head_is_quantized(cache_dir):
 def test_fcos_end_to_end_with_the_filtered_global_loss(cache_dir, tmp_path):
     """model=fcos_r18 through the same job: pretrained with torchvision's loss and cached under its
     own name, every conv quantized (head included), calibrated with FGL through the FCOS adapter."""
-    tiny = [o for o in TINY if not o.startswith("model.kwargs.")]
+    tiny = [o for o in TINY if not o.startswith("+model.kwargs.")]
     cfg = compose_config([
         "+recipe=fcos_w4a4", f"cache_dir={cache_dir}", *tiny, "data.image_size=64",
-        "model.kwargs.fpn_channels=32", "model.kwargs.num_convs=1", "calib.steps=2", "calib.loss=fgl",
+        "+model.kwargs.fpn_channels=32", "+model.kwargs.num_convs=1", "calib.steps=2", "calib.loss=fgl",
         "quant.w_init=minmax",  # the MSE range search over ResNet-18's 11.7 M weights alone takes ~30 s
     ])
     results = run_job(cfg, tmp_path)

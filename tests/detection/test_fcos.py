@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from lightning_ptq.calib import FilteredGlobalLoss, calibrate_ranges
-from lightning_ptq.callbacks import HEAD_PATTERNS
 from lightning_ptq.detection import (
     YOLO, CheckpointMismatchError, DetectorModule, FCOSNet, build_detector, detect, detection_scores,
     load_detector, save_detector, score_logits,
@@ -151,7 +150,7 @@ def test_training_with_torchvision_loss_shares_weights_and_lowers_the_loss(net, 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no Trainer: logging is a no-op
 def test_detector_module_trains_fcos(images):
-    module = DetectorModule(CLASSES, SIZE, KWARGS, name="fcos")
+    module = DetectorModule(CLASSES, SIZE, KWARGS, target="lightning_ptq.detection.FCOSNet")
     assert isinstance(module.model, FCOSNet)
     loss = module.training_step((images, _targets()), 0)
     assert loss.requires_grad and torch.isfinite(loss)
@@ -160,30 +159,32 @@ def test_detector_module_trains_fcos(images):
 def test_checkpoint_round_trip(net, images, tmp_path):
     path = save_detector(net, tmp_path / "fcos.pt", KWARGS, ["a", "b", "c"])
     assert torch.load(path, weights_only=True)["format"] == "lightning_ptq.fcos/1"
-    loaded = load_detector(path, CLASSES, SIZE, {}, name="fcos").eval()
+    loaded = load_detector(path, CLASSES, SIZE, {}, FCOSNet).eval()
     torch.testing.assert_close(loaded(images), net(images))
 
 
 def test_checkpoint_of_the_other_family_is_named(net, tmp_path):
     yolo = YOLO(CLASSES, width_mult=0.125, image_size=SIZE)
     yolo = save_detector(yolo, tmp_path / "yolo.pt", {"width_mult": 0.125}, ["a", "b", "c"])
-    with pytest.raises(CheckpointMismatchError, match=r"holds a yolo detector \(format 'lightning_ptq\.yolo/1'\) "
-                                                      r"but model\.name='fcos'\. Use it with model\.name=yolo"):
-        load_detector(yolo, CLASSES, SIZE, KWARGS, name="fcos")
+    with pytest.raises(CheckpointMismatchError, match=r"holds another detector \(lightning_ptq\.detection\.yolo\.YOLO, "
+                                                      r"format 'lightning_ptq\.yolo/1'\) but model\._target_ is "
+                                                      r"lightning_ptq\.detection\.fcos\.FCOSNet \(family 'fcos'\)"):
+        load_detector(yolo, CLASSES, SIZE, KWARGS, FCOSNet)
     fcos = save_detector(net, tmp_path / "fcos.pt", KWARGS, ["a", "b", "c"])
-    with pytest.raises(CheckpointMismatchError, match=r"holds a fcos detector .* but model\.name='yolo'"):
-        load_detector(fcos, CLASSES, SIZE, {}, name="yolo")
+    with pytest.raises(CheckpointMismatchError, match=r"holds another detector .* but model\._target_ is .*YOLO"):
+        load_detector(fcos, CLASSES, SIZE, {}, YOLO)
     torch.save(net.state_dict(), tmp_path / "bare.pt")  # a bare state_dict: only the weights can tell
-    with pytest.raises(CheckpointMismatchError, match=r"does not fit the configured detector \(model\.name=yolo"):
-        load_detector(tmp_path / "bare.pt", CLASSES, SIZE, {}, name="yolo")
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit the configured detector \(model\._target_=.*YOLO"):
+        load_detector(tmp_path / "bare.pt", CLASSES, SIZE, {}, YOLO)
 
 
-def test_unknown_architecture_keys_are_named():
-    with pytest.raises(ConfigError, match=r"model\.kwargs has unknown keys \['width_mult'\] for model\.name=fcos: "
+def test_unknown_architecture_keys_and_classes_are_named():
+    with pytest.raises(ConfigError, match=r"model\.kwargs has unknown keys \['width_mult'\] for "
+                                          r"model\._target_=lightning_ptq\.detection\.fcos\.FCOSNet: "
                                           r"allowed are \['fpn_channels', 'num_convs'\]"):
-        build_detector("fcos", CLASSES, SIZE, {"width_mult": 0.25})
-    with pytest.raises(ConfigError, match=r"model\.name='detr' is unknown: choose one of yolo, fcos"):
-        build_detector("detr", CLASSES, SIZE, {})
+        build_detector(FCOSNet, CLASSES, SIZE, {"width_mult": 0.25})
+    with pytest.raises(ConfigError, match=r"model\._target_='my_pkg\.DETR' is not a class that can be imported"):
+        build_detector("my_pkg.DETR", CLASSES, SIZE, {})
 
 
 def test_quantize_folds_backbone_batchnorm_keeps_groupnorm_and_calibrates(net, images):
@@ -203,9 +204,9 @@ def test_quantize_folds_backbone_batchnorm_keeps_groupnorm_and_calibrates(net, i
 
 
 def test_head_patterns_of_the_fcos_family_select_the_head(net):
-    qmodel = quantize(net, QuantConfig(w_bits=4, a_bits=4, laq_patterns=HEAD_PATTERNS["fcos"]))
+    qmodel = quantize(net, QuantConfig(w_bits=4, a_bits=4, laq_patterns=("@head",)))
     layers = quantized_layers(qmodel)
-    head = {n for n in layers if any(fnmatchcase(n, p) for p in HEAD_PATTERNS["fcos"])}
+    head = {n for n in layers if any(fnmatchcase(n, p) for p in FCOSNet.head_patterns)}
     assert head == {n for n in layers if n.startswith("head.")}
     assert {"head.classification_head.cls_logits", "head.regression_head.bbox_reg",
             "head.regression_head.bbox_ctrness"} <= head

@@ -7,7 +7,7 @@ from lightning_ptq.detection import CheckpointNotFoundError, save_detector
 from lightning_ptq.detection import pretrain as pretrain_mod
 from lightning_ptq.detection import pretrained_detector
 
-TINY = {"name": "yolo", "checkpoint": None, "kwargs": {"width_mult": 0.125, "depth_mult": 0.33, "reg_max": 8},
+TINY = {"_target_": "lightning_ptq.detection.YOLO", "checkpoint": None, "kwargs": {"width_mult": 0.125, "depth_mult": 0.33, "reg_max": 8},
         "train": {"epochs": 1, "batch_size": 4, "val_every": 1}}
 TRAINER = {"enable_progress_bar": False, "accelerator": "cpu"}
 
@@ -37,11 +37,17 @@ def test_first_call_trains_and_caches_second_call_reuses(datamodule, tmp_path, m
 
 
 def test_cache_key_changes_with_what_changes_the_weights(datamodule):
-    base = pretrain_mod.cache_key(TINY["kwargs"], TINY["train"], 6, 128, datamodule)
-    assert base == pretrain_mod.cache_key(dict(TINY["kwargs"]), dict(TINY["train"]), 6, 128, datamodule)
-    assert base != pretrain_mod.cache_key(TINY["kwargs"], {**TINY["train"], "epochs": 2}, 6, 128, datamodule)
-    assert base != pretrain_mod.cache_key({**TINY["kwargs"], "reg_max": 16}, TINY["train"], 6, 128, datamodule)
-    assert base != pretrain_mod.cache_key(TINY["kwargs"], TINY["train"], 5, 128, datamodule)
+    from lightning_ptq.detection import YOLO, FCOSNet
+
+    key = lambda cls, kwargs, train, classes: pretrain_mod.cache_key(cls, kwargs, train, classes, 128, datamodule)  # noqa: E731
+    base = key(YOLO, TINY["kwargs"], TINY["train"], 6)
+    assert base == key(YOLO, dict(TINY["kwargs"]), dict(TINY["train"]), 6)
+    assert base == key(YOLO, {"width_mult": 0.125}, TINY["train"], 6)  # the rest are the defaults: the same model
+    assert key(YOLO, {}, TINY["train"], 6) == key(YOLO, {"width_mult": 0.25, "reg_max": 8}, TINY["train"], 6)
+    assert base != key(YOLO, TINY["kwargs"], {**TINY["train"], "epochs": 2}, 6)
+    assert base != key(YOLO, {**TINY["kwargs"], "reg_max": 16}, TINY["train"], 6)
+    assert base != key(YOLO, TINY["kwargs"], TINY["train"], 5)
+    assert key(YOLO, {}, TINY["train"], 6) != key(FCOSNet, {}, TINY["train"], 6)
 
 
 def test_user_checkpoint_is_used_instead_of_pretraining(datamodule, tmp_path, monkeypatch):
@@ -58,7 +64,10 @@ def test_user_checkpoint_is_used_instead_of_pretraining(datamodule, tmp_path, mo
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"name": "detr"}, r"model.name='detr' is unknown: choose one of yolo"),
+    ({"_target_": "my_pkg.DETR"}, r"model._target_='my_pkg.DETR' is not a class that can be imported"),
+    ({"_target_": None}, r"model._target_ is not set: name the detector class"),
+    ({"_target_": "torch.nn.Identity"}, r"model.checkpoint is not set and model._target_=torch.nn.modules.linear.Identity "
+                                        r"has no compute_loss"),
     ({"train": {"epochz": 3}}, r"model.train has unknown keys \['epochz'\]"),
 ])
 def test_bad_model_config(datamodule, tmp_path, change, match):

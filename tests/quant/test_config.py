@@ -41,3 +41,17 @@ def test_layer_bits_overrides_last_match_wins():
     assert cfg.layer_bits("stem.conv") == (8, 8)
     assert cfg.layer_bits("neck.conv") == (4, 4)
     assert cfg.layer_bits("head.out") is None
+
+
+def test_at_head_stands_for_the_models_own_head_layers():
+    from torch import nn
+
+    class Net(nn.Module):
+        head_patterns = ("predictor.*",)
+
+    cfg = QuantConfig(laq_patterns=("@head", "stem.0"))
+    assert cfg.for_model(Net()).laq_patterns == ("predictor.*", "stem.0")
+    assert QuantConfig(laq_patterns=("neck.*",)).for_model(nn.Conv2d(1, 1, 1)).laq_patterns == ("neck.*",)
+    with pytest.raises(ValueError, match=r"laq_patterns names @head \(the model's head\) but Conv2d has no head_patterns: "
+                                         r"give the head's layer patterns instead"):
+        cfg.for_model(nn.Conv2d(1, 1, 1))

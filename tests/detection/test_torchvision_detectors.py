@@ -1,0 +1,101 @@
+"""Stock torchvision FCOS and RetinaNet seen as Detectors: the view shares the model's modules, its
+raw outputs, anchors and decoded boxes are torchvision's, and its detections are torchvision's own."""
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from lightning_ptq import QuantConfig, quantize, quantized_layers
+from lightning_ptq.calib import FilteredGlobalLoss
+from lightning_ptq.core.detector import NotADetectorError
+from lightning_ptq.detection import TorchvisionFCOS, TorchvisionRetinaNet, detector_of
+from lightning_ptq.detection.fcos import detection_scores
+
+CLASSES, SIZE = 3, 64
+
+
+def _backbone():
+    body = resnet18(weights=None)
+    return BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], 32,
+                           extra_blocks=LastLevelP6P7(32, 32))
+
+
+def _fcos():
+    torch.manual_seed(0)
+    return FCOS(_backbone(), CLASSES, min_size=SIZE, max_size=SIZE).eval()
+
+
+def _retinanet():
+    torch.manual_seed(0)
+    anchors = AnchorGenerator(tuple((s,) for s in (16, 32, 64, 128, 256)), ((0.5, 1.0, 2.0),) * 5)
+    return RetinaNet(_backbone(), CLASSES, min_size=SIZE, max_size=SIZE, anchor_generator=anchors).eval()
+
+
+# images of another size than the model's: torchvision resizes them, detections come back in their pixels
+IMAGES = torch.rand(2, 3, 48, 56, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("build, view", [(_fcos, TorchvisionFCOS), (_retinanet, TorchvisionRetinaNet)])
+def test_detections_are_torchvisions_own(build, view):
+    model = build()
+    # low enough for a random model's scores (RetinaNet's class prior starts them at 0.01)
+    model.score_thresh, model.nms_thresh, model.detections_per_img = 0.005, 0.5, 50
+    detector = detector_of(model)
+    assert isinstance(detector, view) and detector.backbone is model.backbone and detector.head is model.head
+    with torch.no_grad():
+        want = model(list(IMAGES))
+        got = detector.postprocess(detector(IMAGES), conf_thr=0.005, iou_thr=0.5, max_det=50)
+    assert len(got) == 2 and sum(len(d["scores"]) for d in want) > 0
+    for g, w in zip(got, want):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(g[key], w[key])
+
+
+def test_adapter_scores_and_boxes():
+    model = _fcos()
+    detector = detector_of(model)
+    with torch.no_grad():
+        out = detector(IMAGES)
+        logits, boxes = detector.adapter()(out)
+    assert logits.shape == out["cls_logits"].shape and boxes.shape == out["bbox_regression"].shape
+    torch.testing.assert_close(logits.sigmoid(), detection_scores(out["cls_logits"], out["bbox_ctrness"]))
+    # boxes: torchvision's coder on torchvision's anchors of the resized images
+    image_list, _ = model.transform(list(IMAGES))
+    features = list(model.backbone(image_list.tensors).values())
+    anchors = model.anchor_generator(image_list, features)[0]
+    torch.testing.assert_close(boxes[1], model.box_coder.decode(out["bbox_regression"][1], anchors))
+
+
+def test_quantizing_the_view_quantizes_the_users_model_under_its_own_names():
+    model = _fcos()
+    detector = detector_of(model)
+    quantize(detector, QuantConfig(w_bits=8, a_bits=8, laq_patterns=("@head",)), inplace=True, example_input=IMAGES)
+    names = set(quantized_layers(model))
+    assert names == set(quantized_layers(detector))
+    assert {"backbone.body.conv1", "head.classification_head.cls_logits", "head.regression_head.bbox_ctrness"} <= names
+    assert type(model.head.classification_head.cls_logits.weight_quant).__name__ == "LogAffineQuantizer"
+    assert type(model.backbone.body.conv1.weight_quant).__name__ == "UniformQuantizer"
+
+
+def test_fgl_reads_the_view():
+    detector = detector_of(_retinanet())
+    with torch.no_grad():
+        out = detector(IMAGES)
+    noisy = {k: v + 0.05 * torch.randn_like(v) for k, v in out.items()}
+    loss, parts = FilteredGlobalLoss(detector.adapter())(noisy, out)
+    assert torch.isfinite(loss) and parts["kept"] > 0
+
+
+def test_what_is_not_a_detector_is_named():
+    with pytest.raises(NotADetectorError, match=r"the model \(Conv2d\) is not a detector .* it lacks postprocess, adapter, "
+                                                r"head_patterns, feature_modules, family"):
+        detector_of(nn.Conv2d(3, 8, 3))
+    torch_detector = _fcos()
+    del torch_detector.anchor_generator
+    with pytest.raises(NotADetectorError, match=r"FCOS does not have the layout of torchvision's one-stage detectors: it "
+                                                r"lacks anchor_generator"):
+        TorchvisionFCOS(torch_detector)
