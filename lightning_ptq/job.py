@@ -71,7 +71,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     fp = task.evaluate(fp_model)
     batches, validate = task.calibration_sets(search)
     with PeakRSS() as memory:
-        qmodel, calib_seconds = quantize_and_calibrate(
+        qmodel, calib_seconds, report = quantize_and_calibrate(
             fp_model, qcfg, batches, calib, cfg.trainer, logger,
             checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
         )
@@ -86,6 +86,7 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     results = run_results(fp_model, qmodel, qcfg, fp, quant, batches, calib_seconds) | search_numbers
     results["calib_peak_rss_mib"] = memory.peak
+    results |= report.results()
     results |= task.extra_results(fp, quant)
     save_run(run_dir, qmodel, results)
     results |= deploy_and_save(export, fp_model, qmodel, batches, run_dir, results, task.evaluate)

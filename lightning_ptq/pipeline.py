@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from .calib import FeatureMatching, FilteredGlobalLoss, KeypointDistillLoss, OutputMSE, calibrate
+from .calib.api import CalibrationReport
 from .calib.config import CalibJobConfig
 from .core.checkpoint import load_strict, read_checkpoint
 from .core.errors import ConfigError
@@ -44,17 +45,25 @@ def check_loss_family(loss: str, task: str) -> None:
 def calibration_loss(calib: CalibJobConfig, fp_model):
     """The distillation loss named by ``calib.loss``: FGL reads a detector's outputs through its
     own adapter; the keypoint loss compares coordinates and per-axis distributions. With
-    ``calib.features.weight > 0`` feature matching at ``calib.features.modules`` is added."""
+    ``calib.features.weight > 0`` feature matching at ``calib.features.modules`` (empty: the
+    model's own ``feature_modules``) is added."""
     family = getattr(fp_model, "family", None)
     check_loss_family(calib.loss, family if family in ("keypoint", "classifier") else "detector")
     if calib.loss == "fgl":
+        if not callable(getattr(fp_model, "adapter", None)):
+            raise ConfigError(
+                f"calib.loss=fgl reads the detector's class logits and boxes through its adapter(), and "
+                f"{type(fp_model).__name__} has none: implement the Detector protocol (adapter() -> a callable "
+                f"outputs -> (class logits [B, A, C], boxes [B, A, 4] xyxy); README, 'Your own detector'), or use "
+                f"calib.loss=output_mse.")
         loss = FilteredGlobalLoss(fp_model.adapter(), calib.fgl)
     elif calib.loss == "keypoint_distill":
         loss = KeypointDistillLoss(fp_model.stride)
     else:
         loss = OutputMSE()
     if calib.features.weight > 0:
-        loss = FeatureMatching(loss, calib.features.modules, calib.features.weight, calib.features.fisher)
+        modules = calib.features.modules or list(getattr(fp_model, "feature_modules", ()))
+        loss = FeatureMatching(loss, modules, calib.features.weight, calib.features.fisher)
     return loss
 
 
@@ -96,26 +105,28 @@ def _drawn_batches(datamodule, num_images: int, seed: int) -> list:
 
 def quantize_and_calibrate(fp_model, qcfg: QuantConfig, batches: list, calib: CalibJobConfig | DictConfig,
                            trainer: DictConfig, logger=None, checkpoint_dir: Path | None = None):
-    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds).
-    ``calib``: the job's :class:`CalibJobConfig` (a ``calib`` node is checked into one). With ``calib.layer_params`` (a search's ``layer_params.json``) the file gives every layer's
-    bits and ranges instead; with ``calib.quantized_state`` (a run's ``quantized_state_dict.pt``)
-    the saved calibrated model is loaded, e.g. to export a finished run without recalibrating."""
+    """Quantize ``fp_model`` with ``qcfg`` and calibrate it on ``batches``; returns (model, seconds,
+    :class:`~lightning_ptq.calib.api.CalibrationReport`). ``calib``: the job's
+    :class:`CalibJobConfig` (a ``calib`` node is checked into one). With ``calib.layer_params`` (a
+    search's ``layer_params.json``) the file gives every layer's bits and ranges instead; with
+    ``calib.quantized_state`` (a run's ``quantized_state_dict.pt``) the saved calibrated model is
+    loaded, e.g. to export a finished run without recalibrating."""
     if not isinstance(calib, CalibJobConfig):
         calib = check_calib_config(calib)
     qmodel = quantize(fp_model, qcfg, example_input=batches[0][0] if batches else None)
     start = time.perf_counter()
     if calib.quantized_state:
         load_quantized_state(qmodel, calib.quantized_state)
-        return qmodel, time.perf_counter() - start
+        return qmodel, time.perf_counter() - start, CalibrationReport()
     if calib.layer_params:
         apply_layer_params(qmodel, calib.layer_params, strict=True)
-        return qmodel, time.perf_counter() - start
-    calibrate(
+        return qmodel, time.perf_counter() - start, CalibrationReport()
+    report = calibrate(
         fp_model, qmodel, batches, calib, loss=calibration_loss(calib, fp_model),
         checkpoint_dir=checkpoint_dir,
         trainer_kwargs={**OmegaConf.to_container(trainer, resolve=True), "logger": logger or False},
     )
-    return qmodel, time.perf_counter() - start
+    return qmodel, time.perf_counter() - start, report
 
 
 def load_quantized_state(qmodel, path: str | Path) -> None:

@@ -1,18 +1,50 @@
 """Plain-Python calibration entry point: no Lightning or Hydra code needed on the user's side."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from ..core.io import resume_checkpoint
+from ..core.io import atomic_torch_save, resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
+from ..core.tree import batch_size
 from .config import CalibConfig
+from .losses import OutputMSE, check_distillable
 from .module import CalibrationModule
 from .observe import ForwardFn, calibrate_ranges, default_forward
 from .recon import qdrop_hooks, reconstruct
+
+log = logging.getLogger(__name__)
+
+BEFORE_LEARNING = "before_learning.pt"  # in checkpoint_dir: the state that keep_better can go back to
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate` measured on the held-out calibration batches (``None`` when there was
+    no learning stage or nothing to hold out).
+
+    Attributes:
+        holdout_images: images held out of every stage.
+        holdout_loss_before: the distillation error on them before learning (after the ranges and
+            block reconstruction).
+        holdout_loss_after: the same after learning.
+        kept: ``"learned"``, or ``"before_learning"`` when learning made that error worse and
+            ``keep_better`` put the earlier state back.
+    """
+
+    holdout_images: int = 0
+    holdout_loss_before: float | None = None
+    holdout_loss_after: float | None = None
+    kept: str = "learned"
+
+    def results(self) -> dict:
+        """The report as ``calib.*`` entries of a results dict."""
+        return {f"calib.{k}": v for k, v in asdict(self).items() if v is not None}
 
 
 def calibrate(
@@ -25,11 +57,13 @@ def calibrate(
     forward_fn: ForwardFn = default_forward,
     checkpoint_dir: str | Path | None = None,
     trainer_kwargs: dict | None = None,
-) -> nn.Module:
-    """Calibrate ``qmodel`` (from :func:`lightning_ptq.quantize`) against ``fp_model`` as
+) -> CalibrationReport:
+    """Calibrate ``qmodel`` (from :func:`lightning_ptq.quantize`) in place against ``fp_model`` as
     ``config`` (:class:`~lightning_ptq.calib.config.CalibConfig`, default settings if ``None``)
     says:
 
+    0. with ``config.holdout > 0``, a learning stage and two batches or more, the last batches
+       (that share, at least one) are held out of every stage below;
     1. ranges: every quantizer is initialised on ``batches`` (the first ``config.init_batches``);
     2. block reconstruction, when ``config.recon.steps > 0``: each block fitted to its own float
        output (:func:`~lightning_ptq.calib.recon.reconstruct`);
@@ -38,13 +72,16 @@ def calibrate(
        ``batches``; with ``drop_prob > 0`` each activation quantizer is bypassed element-wise with
        that probability while learning (QDrop), which flattens the solution; with
        ``weight_lr > 0`` the quantized layers' weights and biases learn as well, at that many
-       steps of their weight grid per update (see :class:`CalibrationModule`).
+       steps of their weight grid per update (see :class:`CalibrationModule`);
+    4. the distillation error on the held-out batches before and after learning is compared:
+       when learning made it worse, a warning says so and (``config.keep_better``) the state
+       before learning is put back.
 
     ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
     ``(images, targets)`` tuples); ``forward_fn(model, batch)`` runs a model on one. With
     ``checkpoint_dir``, the learning stage saves ``last.ckpt`` there and an interrupted call
     resumes from it. ``trainer_kwargs`` go to the Lightning Trainer of the learning stage
-    (accelerator, devices, precision, progress bar). Returns ``qmodel``.
+    (accelerator, devices, precision, progress bar). Returns the :class:`CalibrationReport`.
     """
     config = CalibConfig() if config is None else config
     if not isinstance(config, CalibConfig):
@@ -54,6 +91,13 @@ def calibrate(
         batches = list(batches)  # a one-shot iterator cannot be cycled over several epochs
     if isinstance(batches, (list, tuple)):
         batches = BatchList(batches)  # Lightning would read a list as several dataloaders
+    steps, loss = config.steps, loss or OutputMSE()
+    held = []
+    if steps > 0 and config.holdout > 0:
+        items = list(batches)  # once: a shuffling loader must not mix held-out and learned batches
+        count = min(len(items) - 1, max(1, round(len(items) * config.holdout))) if len(items) > 1 else 0
+        if count:
+            batches, held = BatchList(items[:-count]), items[-count:]
     resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
     progress = (trainer_kwargs or {}).get("enable_progress_bar", True)
     if resume is None or not resume.exists():  # otherwise the checkpoint holds the result of 1 and 2
@@ -61,9 +105,10 @@ def calibrate(
         if config.recon.steps > 0:
             reconstruct(qmodel, batches, forward_fn=forward_fn, checkpoint_dir=checkpoint_dir, progress=progress,
                         **asdict(config.recon))
-    steps = config.steps
+    report = CalibrationReport(holdout_images=sum(map(batch_size, held)))
     if steps <= 0:
-        return qmodel
+        return report
+    before = _state_before_learning(fp_model, qmodel, held, loss, forward_fn, checkpoint_dir)
     module = CalibrationModule(fp_model, qmodel, loss=loss, lr=config.lr, max_steps=steps, forward_fn=forward_fn,
                                failure_dir=checkpoint_dir, weight_lr=config.weight_lr)
     callbacks = []
@@ -85,7 +130,58 @@ def calibrate(
             h.remove()
         if hasattr(module.loss, "detach"):  # on_fit_end is skipped when fitting stops with an error
             module.loss.detach()
-    return qmodel
+    if before is not None:
+        state, report.holdout_loss_before = before
+        report.holdout_loss_after = held_out_loss(fp_model, qmodel, held, loss, forward_fn)
+        if report.holdout_loss_after > report.holdout_loss_before:
+            action = "went back to the state before learning" if config.keep_better else \
+                "kept the learned state (calib.keep_better=false)"
+            log.warning("calibration: learning made the distillation error on the %d held-out images worse "
+                        "(%.5g before, %.5g after); %s.", report.holdout_images, report.holdout_loss_before,
+                        report.holdout_loss_after, action)
+            if config.keep_better:
+                qmodel.load_state_dict(state)
+                report.kept = "before_learning"
+        else:
+            log.info("calibration: distillation error on the %d held-out images %.5g before learning, %.5g after.",
+                     report.holdout_images, report.holdout_loss_before, report.holdout_loss_after)
+    return report
+
+
+@torch.no_grad()
+def held_out_loss(fp_model: nn.Module, qmodel: nn.Module, held: list, loss, forward_fn: ForwardFn) -> float:
+    """The mean distillation error of ``qmodel`` against ``fp_model`` over the ``held`` batches:
+    ``loss`` as it compares outputs (its base loss when it also matches features)."""
+    measure = getattr(loss, "base", loss)
+    modes = fp_model.training, qmodel.training
+    fp_model.eval()
+    qmodel.eval()
+    try:
+        total = 0.0
+        for batch in held:
+            student, teacher = forward_fn(qmodel, batch), forward_fn(fp_model, batch)
+            check_distillable(student, teacher)
+            total += float(measure(student, teacher)[0])
+        return total / len(held)
+    finally:
+        fp_model.train(modes[0])
+        qmodel.train(modes[1])
+
+
+def _state_before_learning(fp_model, qmodel, held: list, loss, forward_fn, checkpoint_dir) -> tuple[dict, float] | None:
+    """The student's state before learning and its held-out error (``None`` without held-out
+    batches); kept in ``checkpoint_dir`` too, so that a resumed calibration can still go back."""
+    if not held:
+        return None
+    path = Path(checkpoint_dir) / BEFORE_LEARNING if checkpoint_dir else None
+    if path is not None and path.exists() and (path.parent / "last.ckpt").exists():
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+        return saved["state_dict"], saved["holdout_loss"]
+    state = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
+    error = held_out_loss(fp_model, qmodel, held, loss, forward_fn)
+    if path is not None:
+        atomic_torch_save({"state_dict": state, "holdout_loss": error}, path)
+    return state, error
 
 
 class BatchList:

@@ -14,7 +14,7 @@ from ..core.io import atomic_torch_save
 from ..core.tree import first_non_finite_module
 from ..quant.layers import QuantLayerMixin
 from ..quant.swap import quantizer_parameters, quantizers
-from .losses import OutputMSE
+from .losses import OutputMSE, check_distillable
 from .observe import ForwardFn, default_forward
 
 LAST_GOOD = "last_good_quantized.pt"
@@ -92,6 +92,7 @@ class CalibrationModule(L.LightningModule):
         with torch.no_grad():
             teacher_out = self.forward_fn(self.teacher, batch)
         student_out = self.forward_fn(self.student, batch)
+        check_distillable(student_out, teacher_out)
         loss, parts = self.loss(student_out, teacher_out)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_message(loss, batch))

@@ -10,12 +10,19 @@ from torch import nn
 _INPUT_KEYS = ("image", "images", "img", "input", "inputs", "x", "pixel_values")
 
 
-def batch_inputs(batch) -> torch.Tensor:
-    """The model input of ``batch``: the tensor itself, the first element of a tuple/list, or
-    the value of a usual input key of a dict. Pass your own ``forward_fn`` for anything else."""
+def _images(x) -> bool:
+    """A list of image tensors, as torchvision's detection models take them."""
+    return isinstance(x, (tuple, list)) and bool(x) and all(isinstance(i, torch.Tensor) and i.dim() == 3 for i in x)
+
+
+def batch_inputs(batch) -> torch.Tensor | list[torch.Tensor]:
+    """The model input of ``batch``: the tensor itself, the first element of a tuple/list (a
+    tensor, or a list of [3, H, W] image tensors as in torchvision's detection batches
+    ``(images, targets)``), or the value of a usual input key of a dict. Pass your own
+    ``forward_fn`` for anything else."""
     if isinstance(batch, torch.Tensor):
         return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+    if isinstance(batch, (tuple, list)) and batch and (isinstance(batch[0], torch.Tensor) or _images(batch[0])):
         return batch[0]
     if isinstance(batch, Mapping):
         for key in _INPUT_KEYS:
@@ -23,9 +30,17 @@ def batch_inputs(batch) -> torch.Tensor:
                 return batch[key]
     raise TypeError(
         f"cannot find the model input in a batch of type {type(batch).__name__}: expected a "
-        f"tensor, a tuple/list starting with a tensor, or a dict with one of the keys "
+        f"tensor, a tuple/list starting with a tensor or a list of image tensors, or a dict with one of the keys "
         f"{list(_INPUT_KEYS)}. Pass forward_fn=lambda model, batch: model(...) to say how."
     )
+
+
+def batch_size(batch) -> int:
+    """How many images ``batch`` holds (1 for a structure :func:`batch_inputs` does not know)."""
+    try:
+        return len(batch_inputs(batch))
+    except TypeError:
+        return 1
 
 
 def flatten_tensors(out) -> list[torch.Tensor]:

@@ -269,7 +269,7 @@ def test_calibration_settings_are_checked_once_when_built_and_unknown_keys_are_n
     with pytest.raises(ConfigError, match=r"calib.recon.max_layers=0 must be a positive integer"):
         ReconConfig(max_layers=0)
     with pytest.raises(ConfigError, match=r"calib.stesp is not a setting \(allowed: steps, lr, init_batches, "
-                                          r"drop_prob, weight_lr, recon\); did you mean calib.steps\?"):
+                                          r"drop_prob, weight_lr, recon, holdout, keep_better\); did you mean calib.steps\?"):
         CalibConfig.from_dict({"stesp": 3})
     with pytest.raises(ConfigError, match=r"calib.recon.setps is not a setting .*did you mean calib.recon.steps\?"):
         CalibConfig(recon={"setps": 3})

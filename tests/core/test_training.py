@@ -14,7 +14,8 @@ def _calibrate(**trainer_kwargs):
     fp = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
     batches = [torch.rand(2, 3, 8, 8) for _ in range(2)]
     q = quantize(fp, QuantConfig(w_bits=4, a_bits=4))
-    return calibrate(fp, q, batches, CalibConfig(steps=3), trainer_kwargs={"accelerator": "cpu", **trainer_kwargs})
+    config = CalibConfig(steps=3, holdout=0.0)  # both batches learned on: 2 steps per epoch
+    return calibrate(fp, q, batches, config, trainer_kwargs={"accelerator": "cpu", **trainer_kwargs})
 
 
 def test_calibrate_prints_no_lightning_banner_tip_or_expected_warning(capsys, caplog):
