@@ -11,9 +11,10 @@ LAYERS = [
     {"quant"},                                            # quantizers, observer, layers, swap
     {"calib", "export"},                                  # calibration; packing, ONNX, runtimes, integer executor
     {"search"},                                           # the per-layer search
-    {"callbacks", "pipeline"},                            # Lightning callbacks; the job's steps
+    {"pipeline"},                                         # the job's steps
     {"detection", "keypoints", "classify"},               # the tasks: model, data, training, task
-    {"job", "hydra_setup", "collect", "__init__"},       # the job, its configs, the collector, the Python API
+    {"job", "hydra_setup", "collect", "callbacks", "__init__"},  # the job, its configs, the collector, the
+                                                          # Lightning callbacks (detectors: from detection), the Python API
     {"__main__"},                                         # the command line
 ]
 

@@ -1,6 +1,7 @@
-"""Lightning callbacks that quantize a user's LightningModule and search its per-layer parameters."""
+"""Lightning callbacks that quantize and calibrate a user's LightningModule (any network; detectors
+with the regression-aware method) and search its per-layer parameters."""
 from .layerwise_search import LayerwiseSearch, MetricNotLoggedError
 from .quantization import QuantizationCallback
-from .reg_ptq import HEAD_PATTERNS, RegPTQCallback
+from .reg_ptq import RegPTQCallback
 
-__all__ = ["HEAD_PATTERNS", "LayerwiseSearch", "MetricNotLoggedError", "QuantizationCallback", "RegPTQCallback"]
+__all__ = ["LayerwiseSearch", "MetricNotLoggedError", "QuantizationCallback", "RegPTQCallback"]

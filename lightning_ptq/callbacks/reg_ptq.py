@@ -1,45 +1,96 @@
-"""Lightning callback for regression-aware quantization: the detection head gets the learnable
-log-affine quantizer (LAQ), the rest of the network the uniform one."""
+"""Lightning callback for regression-aware quantization of a detector (Reg-PTQ), with the settings
+of the ``yolo_w4a4`` recipe: the learnable log-affine quantizer on the head's weights, the
+uniform one elsewhere, scales and weights calibrated under the filtered global loss read through
+the detector's adapter."""
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from ..core.errors import ConfigError
-from ..quant.config import QuantConfig
+import lightning as L
+from torch import nn
+
+from ..calib import CalibConfig, FGLConfig, FilteredGlobalLoss
+from ..core.detector import NotADetectorError, missing_detector_members
+from ..detection.torchvision_detectors import WRAPPERS, detector_of
+from ..quant.config import HEAD, QuantConfig
 from .quantization import QuantizationCallback
 
-# Head layers per detector family, as fnmatch patterns on module names relative to the network.
-HEAD_PATTERNS: dict[str, tuple[str, ...]] = {
-    "yolo": ("head.*",),                                   # lightning_ptq.detection.YOLO
-    "retinanet": ("head.classification_head.*", "head.regression_head.*"),  # torchvision RetinaNet
-    "fcos": ("head.classification_head.*", "head.regression_head.*"),       # torchvision FCOS, models.FCOSNet
-}
+# The yolo_w4a4 recipe (conf/recipe/yolo_w4a4.yaml) where it differs from the job's defaults.
+RECIPE_QUANT = {"laq_patterns": [HEAD], "laq_on": "weights"}
+RECIPE_CALIB = {"weight_lr": 0.05}
+
+
+def _is_detector(module: nn.Module) -> bool:
+    return not missing_detector_members(module) or isinstance(module, tuple(WRAPPERS))
 
 
 class RegPTQCallback(QuantizationCallback):
-    """:class:`QuantizationCallback` that puts LAQ on the detection head.
+    """:class:`QuantizationCallback` for detectors, with the regression-aware method.
+
+    The detector is ``submodule`` (or, without it, the one child of the LightningModule that is a
+    detector): a module implementing the Detector protocol (:mod:`lightning_ptq.core.detector`)
+    or a stock torchvision FCOS / RetinaNet, which
+    :func:`~lightning_ptq.detection.detector_of` views as one (sharing its modules). It is
+    quantized with the log-affine quantizer on its head's layers (its ``head_patterns``, or
+    ``head_patterns``), run to its raw head outputs on the calibration batches and calibrated
+    under the filtered global loss through its ``adapter()``.
 
     Args:
-        family: detector family whose head patterns to use (see :data:`HEAD_PATTERNS`), or
-            ``None`` with explicit ``head_patterns``.
-        head_patterns: fnmatch patterns of the head layers, relative to the quantized network
-            (``submodule``); override ``family``.
-        laq_on: what LAQ quantizes in the head: ``weights``, ``activations`` or ``both``.
-        config, calib_dataloader, num_batches, submodule, forward_fn: as for
+        config: a :class:`QuantConfig` or a dict of its fields; a dict starts from the recipe's
+            (W4A4, ``laq_patterns=['@head']``, ``laq_on='weights'``).
+        calib: a :class:`~lightning_ptq.CalibConfig` or a dict of its fields; a dict starts from
+            the recipe's (200 steps, ``weight_lr=0.05``; the FCOS recipes use ``weight_lr=0``).
+        head_patterns: fnmatch patterns of the head layers, relative to the detector, instead of
+            its own ``head_patterns``.
+        fgl: the filtered global loss's settings (:class:`~lightning_ptq.calib.FGLConfig` or a dict).
+        calib_dataloader, num_images, submodule, forward_fn, resume: as for
             :class:`QuantizationCallback`.
-
-    A pattern that matches no layer is an error naming it when the model is swapped.
     """
 
-    def __init__(self, config: QuantConfig | dict[str, Any] | None = None, family: str | None = "yolo",
-                 head_patterns: tuple[str, ...] | list[str] | None = None, laq_on: str = "weights", **kwargs) -> None:
-        if head_patterns is None:
-            if family not in HEAD_PATTERNS:
-                raise ConfigError(
-                    f"family={family!r} is unknown: choose one of {', '.join(HEAD_PATTERNS)}, or give "
-                    f"head_patterns=[...] (fnmatch patterns of your head's layer names)."
-                )
-            head_patterns = HEAD_PATTERNS[family]
-        base = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(dict(config or {}))
-        super().__init__(replace(base, laq_patterns=tuple(head_patterns), laq_on=laq_on), **kwargs)
+    def __init__(self, config: QuantConfig | dict[str, Any] | None = None,
+                 calib: CalibConfig | dict[str, Any] | None = None,
+                 head_patterns: tuple[str, ...] | list[str] | None = None,
+                 fgl: FGLConfig | dict[str, Any] | None = None, **kwargs) -> None:
+        if not isinstance(config, QuantConfig):
+            config = QuantConfig.from_dict({**RECIPE_QUANT, **dict(config or {})})
+        if head_patterns is not None:
+            config = replace(config, laq_patterns=tuple(head_patterns))
+        if not isinstance(calib, CalibConfig):
+            calib = CalibConfig.from_dict({**RECIPE_CALIB, **dict(calib or {})})
+        super().__init__(config, calib, **kwargs)
+        self.head_patterns = head_patterns
+        self.fgl = fgl if isinstance(fgl, FGLConfig) else FGLConfig.from_dict(dict(fgl or {}))
+        self._detector: tuple[nn.Module, nn.Module] | None = None  # (target, its Detector view)
+        self._found: str | None = None
+
+    def target(self, pl_module: L.LightningModule) -> nn.Module:
+        if self.submodule is not None:
+            return super().target(pl_module)
+        if _is_detector(pl_module):
+            return pl_module
+        if self._found is None:
+            found = [n for n, child in pl_module.named_children() if _is_detector(child)]
+            if len(found) != 1:
+                raise NotADetectorError(
+                    f"RegPTQCallback: {'no' if not found else 'more than one'} child of {type(pl_module).__name__} is "
+                    f"a detector ({found or [n for n, _ in pl_module.named_children()]}): pass submodule='<attribute>' "
+                    f"naming the detector, a module that implements the Detector protocol (lightning_ptq.core.detector; "
+                    f"README, 'Your own detector') or a stock torchvision FCOS / RetinaNet.")
+            self._found = found[0]
+        return getattr(pl_module, self._found)
+
+    def network(self, pl_module: L.LightningModule) -> nn.Module:
+        target = self.target(pl_module)
+        if self._detector is None or self._detector[0] is not target:  # one view per target, made once
+            where = f"RegPTQCallback(submodule={self.submodule!r})" if self.submodule else "RegPTQCallback's detector"
+            self._detector = (target, detector_of(target, where))
+        return self._detector[1]
+
+    def calibration_loss(self, network: nn.Module):
+        return FilteredGlobalLoss(network.adapter(), self.fgl)
+
+    def _pattern_arguments(self) -> str:
+        return ("head_patterns=[...] (fnmatch patterns of the head's layers), config=QuantConfig(include=..., "
+                "exclude=..., overrides=...)")
+

@@ -1,14 +1,22 @@
-"""RegPTQCallback: LAQ on the detection head, uniform elsewhere, on a user's detector module."""
+"""RegPTQCallback: the regression-aware method on a detector inside a user's own Trainer."""
 import copy
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models import resnet18
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from lightning_ptq.callbacks import HEAD_PATTERNS, RegPTQCallback
+from lightning_ptq.calib import CalibConfig, FGLConfig, FilteredGlobalLoss, NotDistillableError
+from lightning_ptq.callbacks import QuantizationCallback, RegPTQCallback
+from lightning_ptq.core.detector import NotADetectorError
 from lightning_ptq.detection import YOLO, detect
-from lightning_ptq.quant import ConfigError, UniformQuantizer, LayerPatternError, quantized_layers
+from lightning_ptq.hydra_setup import compose_config
+from lightning_ptq.pipeline import check_calib_config
+from lightning_ptq.quant import LayerPatternError, QuantConfig, UniformQuantizer, quantized_layers
 from lightning_ptq.quant.laq import LogAffineQuantizer
 
 
@@ -37,15 +45,17 @@ def _loader():
     return DataLoader(TensorDataset(IMAGES), batch_size=4)
 
 
-def test_head_gets_laq_and_the_rest_stays_uniform(tmp_path):
+def _trainer(tmp_path, callbacks, **kw):
+    return L.Trainer(default_root_dir=tmp_path, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", **kw)
+
+
+def test_head_gets_laq_the_rest_uniform_and_fgl_calibrates(tmp_path):
     torch.manual_seed(0)
     module = UserDetector().eval()
     fp = copy.deepcopy(module.detector)
-    callback = RegPTQCallback({"w_bits": 4, "a_bits": 4}, family="yolo", laq_on="both", submodule="detector",
-                              calib_dataloader=_loader(), num_batches=2)
-    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[callback], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.test(module, _loader(), verbose=False)
+    callback = RegPTQCallback(calib={"steps": 3, "holdout": 0.0}, calib_dataloader=_loader(), num_images=8)
+    _trainer(tmp_path, [callback]).test(module, _loader(), verbose=False)  # no submodule: the detector child is found
     # the test loop ran the calibrated quantized detector, not the FP one
     with torch.no_grad():
         fp_logits = torch.cat([fp(images)["cls"] for (images,) in _loader()])
@@ -58,16 +68,95 @@ def test_head_gets_laq_and_the_rest_stays_uniform(tmp_path):
     head = {n: l for n, l in layers.items() if n.startswith("head.")}
     rest = {n: l for n, l in layers.items() if not n.startswith("head.")}
     assert head and rest
-    assert all(isinstance(q, LogAffineQuantizer) and q.initialized for l in head.values() for q in l.quantizers)
+    assert all(isinstance(l.weight_quant, LogAffineQuantizer) and isinstance(l.input_quant, UniformQuantizer)
+               for l in head.values())  # laq_on="weights", as the recipe
     assert all(isinstance(q, UniformQuantizer) and q.initialized for l in rest.values() for q in l.quantizers)
+    assert isinstance(callback.calibration_loss(callback.network(module)), FilteredGlobalLoss)
+    assert type(module.detector.stem[0].conv).__name__ == "QuantConv2d" and \
+        type(module.detector.stem[0].act).__name__ == "Identity"  # conv + BN + SiLU fused, as in the job
 
 
-def test_unknown_family_and_unmatched_head_pattern(tmp_path):
-    with pytest.raises(ConfigError, match=r"family='detr' is unknown: choose one of yolo, retinanet, fcos"):
-        RegPTQCallback(family="detr")
-    callback = RegPTQCallback(family="retinanet", submodule="detector", calib_dataloader=_loader())
-    assert callback.config.laq_patterns == HEAD_PATTERNS["retinanet"]
-    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[callback], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    with pytest.raises(LayerPatternError, match=r"head\.classification_head\.\*"):
-        trainer.test(UserDetector(), _loader(), verbose=False)
+def test_defaults_are_the_recipes():
+    """RegPTQCallback() calibrates as `+recipe=yolo_w4a4` does, QuantizationCallback() as the job."""
+    recipe = compose_config(["+recipe=yolo_w4a4"])
+    callback = RegPTQCallback()
+    assert callback.config == QuantConfig.from_dict(dict(recipe.quant))
+    calib = check_calib_config(recipe.calib)
+    assert callback.calib == CalibConfig(**{f: getattr(calib, f) for f in CalibConfig.__dataclass_fields__})
+    assert callback.fgl == calib.fgl and calib.loss == "fgl"
+    assert callback.num_images == calib.num_images
+    job = compose_config([])
+    plain = QuantizationCallback()
+    assert plain.config == QuantConfig.from_dict(dict(job.quant))
+    job_calib = check_calib_config(job.calib)
+    assert plain.calib == CalibConfig(**{f: getattr(job_calib, f) for f in CalibConfig.__dataclass_fields__})
+
+
+def test_errors_name_the_callbacks_own_arguments(tmp_path):
+    callback = RegPTQCallback(head_patterns=["neck.*"], calib={"steps": 0}, calib_dataloader=_loader(),
+                              submodule="detector")
+    with pytest.raises(LayerPatternError, match=r"RegPTQCallback: layer pattern 'neck\.\*' matches no .* of "
+                                                r"submodule='detector' \(YOLO\).* Fix the callback's arguments: "
+                                                r"head_patterns=\[\.\.\.\]"):
+        _trainer(tmp_path, [callback]).test(UserDetector(), _loader(), verbose=False)
+
+    class TwoNets(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 3, 1)
+
+        def test_step(self, batch, _):
+            self.net(batch[0])
+
+    with pytest.raises(NotADetectorError, match=r"no child of TwoNets is a detector \(\['net'\]\): pass "
+                                                r"submodule='<attribute>'"):
+        _trainer(tmp_path, [RegPTQCallback(calib_dataloader=_loader())]).test(TwoNets(), _loader(), verbose=False)
+
+
+# -- a stock torchvision FCOS in a user's module, with torchvision's batches ----------------------
+
+def _targets(n):
+    return [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])} for _ in range(n)]
+
+
+class TorchvisionUser(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        backbone = BackboneWithFPN(resnet18(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"},
+                                   [128, 256, 512], 32, extra_blocks=LastLevelP6P7(32, 32))
+        self.model = FCOS(backbone, num_classes=3, min_size=64, max_size=64)
+        self.results = []
+
+    def test_step(self, batch, _):
+        images, targets = batch
+        self.results += self.model(images)
+
+
+# min/max weight ranges: the MSE search over ResNet-18's 11.7 M weights alone takes ~30 s
+MINMAX = {"w_bits": 8, "a_bits": 8, "w_init": "minmax"}
+
+
+def _torchvision_batches():
+    """torchvision's detection batches: (a tuple of images, a tuple of target dicts)."""
+    return DataLoader(list(zip(IMAGES, _targets(8))), batch_size=4, collate_fn=lambda batch: tuple(zip(*batch)))
+
+
+def test_a_stock_torchvision_fcos_with_torchvision_batches(tmp_path):
+    module = TorchvisionUser().eval()
+    callback = RegPTQCallback({**MINMAX, "laq_patterns": ["@head"]}, {"steps": 2, "weight_lr": 0.0},
+                              calib_dataloader=_torchvision_batches())
+    _trainer(tmp_path, [callback]).test(module, _torchvision_batches(), verbose=False)
+    assert len(module.results) == 8 and {"boxes", "scores", "labels"} <= set(module.results[0])
+    layers = quantized_layers(module.model)
+    assert isinstance(layers["head.classification_head.cls_logits"].weight_quant, LogAffineQuantizer)
+    assert all(q.initialized for l in layers.values() for q in l.quantizers)
+
+
+def test_post_processed_outputs_stop_the_distillation_with_the_fix(tmp_path):
+    """The trap a user fell into: QuantizationCallback on a torchvision detector distils its
+    forward, which in eval mode returns detections."""
+    callback = QuantizationCallback(MINMAX, {"steps": 2}, calib_dataloader=_torchvision_batches(), submodule="model")
+    with pytest.raises(NotDistillableError, match=r"post-processed detections .* Distil the raw head outputs instead.*"
+                                                  r"detector_of\(model\).*RegPTQCallback"):
+        _trainer(tmp_path, [callback]).test(TorchvisionUser().eval(), _torchvision_batches(), verbose=False)
