@@ -53,7 +53,7 @@ def quantized(bits: str, fp_model, batches, state: str | None, overrides: list[s
         qmodel = quantize(fp_model, qcfg, example_input=batches[0][0])
         load_quantized_state(qmodel, state)
     else:
-        qmodel, _ = quantize_and_calibrate(fp_model, qcfg, batches, cfg.calib, cfg.trainer)
+        qmodel, _, _ = quantize_and_calibrate(fp_model, qcfg, batches, cfg.calib, cfg.trainer)
     return qmodel.eval()
 
 
@@ -85,6 +85,17 @@ def ort_int8(fp_path: Path, batches, out: Path) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     pre.unlink()
     return out
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions that decide which int8 kernels a runtime
+    has (VNNI: one instruction per int8 dot product; AVX2 alone: three)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = [f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "amx_int8") if f in flags]
+    return f"{name}, {os.cpu_count()} cores ({', '.join(isa) or 'no AVX2'})"
 
 
 def main() -> None:
@@ -175,9 +186,10 @@ def main() -> None:
             add(f"ours {bits}", "integer executor", to_integer(qmodel, [b[0] for b in batches]), qmodel, None, sim)
 
     result = {"settings": {"image_size": cfg.data.image_size, "calib_images": sum(len(b[0]) for b in batches), "cpu_threads": os.cpu_count(),
+                           "cpu": cpu_description(),
                            "states": states}, "rows": rows}
     atomic_write_json(result, args.out)
-    md = markdown(rows)
+    md = f"CPU: {result['settings']['cpu']}\n\n" + markdown(rows)
     atomic_write(Path(args.out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
     print(md)
     print(f"exported graphs kept in {work} (to profile them)")
