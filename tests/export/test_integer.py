@@ -7,7 +7,7 @@ from torch import nn
 from lightning_ptq.calib import calibrate_ranges
 from lightning_ptq.export.errors import ExportError
 from lightning_ptq.export.fixed_point import INT16_MAX
-from lightning_ptq.export.integer import IntegerLayer, compare_layers, to_integer
+from lightning_ptq.export.integer import HEADROOM, IntegerLayer, compare_layers, to_integer
 from lightning_ptq.quant import QuantConfig, quantize, quantized_layers
 
 
@@ -60,7 +60,9 @@ def _quantized(bits=4, **cfg):
 def test_integer_layers_match_the_simulation_to_one_output_step(bits, monkeypatch):
     q, batches = _quantized(bits)
     assert type(q.stem).__name__ == "QuantConv2d" and q.stem.activation is not None  # ReLU fused
-    int_model = to_integer(q, batches)
+    # on the calibration batches themselves no value goes beyond the maximum: the finest output
+    # grid (no headroom) checks the arithmetic most closely
+    int_model = to_integer(q, batches, headroom=1.0)
     assert [r["kind"] for r in int_model.report] == ["integer"] * 5
     assert all(isinstance(m, IntegerLayer) for m in int_model.integer_layers().values())
 
@@ -79,6 +81,19 @@ def test_integer_layers_match_the_simulation_to_one_output_step(bits, monkeypatc
         err = (out[key] - sim[key]).abs()
         scale = sim[key].abs().max()
         assert err.max() <= 0.05 * scale and err.mean() <= 1e-3 * scale, key
+
+
+def test_the_output_grid_has_headroom_for_values_beyond_the_calibration_batches():
+    q, batches = _quantized(8)
+    louder = [2.5 * b for b in batches]  # pre-activations beyond the calibration maximum
+    saturated = min(compare_layers(to_integer(q, batches, headroom=1.0), q, louder).values())
+    assert saturated < 0.99  # measured 0.94: clipped at int16
+    int_model = to_integer(q, batches)
+    assert min(compare_layers(int_model, q, louder).values()) >= 0.999  # measured 1.0
+    with torch.no_grad():
+        sim, out = q(louder[0]), int_model(louder[0])
+    for key in sim:
+        assert (out[key] - sim[key]).abs().mean() <= 1e-3 * sim[key].abs().max(), key
 
 
 def test_compare_layers_sees_an_integer_error():
@@ -116,7 +131,7 @@ def test_report_names_kinds_bits_and_output_scales():
     assert report["fc"]["w_bits"] == 8 and report["fc"]["a_bits"] == 2 and report["fc"]["kind"] == "integer"
     assert report["mix"]["kind"] == "float: input quantizer disabled" and report["mix"]["out_scale"] is None
     assert report["mix"]["a_bits"] is None and report["mix"]["w_bits"] == 4
-    assert report["dw"]["out_scale"] == pytest.approx(pre["dw"] / INT16_MAX)
+    assert report["dw"]["out_scale"] == pytest.approx(HEADROOM * pre["dw"] / INT16_MAX)
     assert "mix" not in compare_layers(int_model, q, batches)
     with torch.no_grad():  # the float layer is the simulation's own
         torch.testing.assert_close(int_model.mix(torch.ones(1, 16, 4, 4)), q.mix(torch.ones(1, 16, 4, 4)))
