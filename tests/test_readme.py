@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LOG = ROOT / "docs" / "research_log.md"
 SETUP = [
-    'pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,deploy]" && python -m lightning_ptq +recipe=yolo_w4a4',
+    'pip install torch==2.14.1 torchvision==0.29.1 -e ".[dev,deploy,ultralytics]" && python -m lightning_ptq +recipe=yolo_w4a4',
     "python -m pytest -q",
 ]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)

@@ -231,8 +231,7 @@ class QuantizationCallback(Callback):
         """Load-state-dict pre-hook of the quantized target: a float checkpoint (no marker) is
         turned into the quantized network's state (BN folded, quantizers not calibrated yet), and
         its float network becomes the calibration's teacher."""
-        marker = [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].startswith(SENTINEL)]
-        if marker:
+        if any(k.startswith(prefix + SENTINEL) for k in state_dict):
             return
         float_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         teacher = self._teacher

@@ -11,8 +11,8 @@ import lightning as L
 from torch import nn
 
 from ..calib import CalibConfig, FGLConfig, FilteredGlobalLoss
-from ..core.detector import NotADetectorError, missing_detector_members
-from ..detection.torchvision_detectors import WRAPPERS, detector_of
+from ..core.detector import NotADetectorError
+from ..detection.views import can_view, detector_of
 from ..quant.config import HEAD, QuantConfig
 from .quantization import QuantizationCallback
 
@@ -21,16 +21,12 @@ RECIPE_QUANT = {"laq_patterns": [HEAD], "laq_on": "weights"}
 RECIPE_CALIB = {"weight_lr": 0.05}
 
 
-def _is_detector(module: nn.Module) -> bool:
-    return not missing_detector_members(module) or isinstance(module, tuple(WRAPPERS))
-
-
 class RegPTQCallback(QuantizationCallback):
     """:class:`QuantizationCallback` for detectors, with the regression-aware method.
 
     The detector is ``submodule`` (or, without it, the one child of the LightningModule that is a
     detector): a module implementing the Detector protocol (:mod:`lightning_ptq.core.detector`)
-    or a stock torchvision FCOS / RetinaNet, which
+    or a stock torchvision FCOS / RetinaNet / SSD or Ultralytics YOLO ``DetectionModel``, which
     :func:`~lightning_ptq.detection.detector_of` views as one (sharing its modules). It is
     quantized with the log-affine quantizer on its head's layers (its ``head_patterns``, or
     ``head_patterns``), run to its raw head outputs on the calibration batches and calibrated
@@ -67,16 +63,17 @@ class RegPTQCallback(QuantizationCallback):
     def target(self, pl_module: L.LightningModule) -> nn.Module:
         if self.submodule is not None:
             return super().target(pl_module)
-        if _is_detector(pl_module):
+        if can_view(pl_module):
             return pl_module
         if self._found is None:
-            found = [n for n, child in pl_module.named_children() if _is_detector(child)]
+            found = [n for n, child in pl_module.named_children() if can_view(child)]
             if len(found) != 1:
                 raise NotADetectorError(
                     f"RegPTQCallback: {'no' if not found else 'more than one'} child of {type(pl_module).__name__} is "
                     f"a detector ({found or [n for n, _ in pl_module.named_children()]}): pass submodule='<attribute>' "
                     f"naming the detector, a module that implements the Detector protocol (lightning_ptq.core.detector; "
-                    f"README, 'Your own detector') or a stock torchvision FCOS / RetinaNet.")
+                    f"README, 'Your own detector'), a stock torchvision FCOS / RetinaNet / SSD or an Ultralytics "
+                    f"YOLO DetectionModel.")
             self._found = found[0]
         return getattr(pl_module, self._found)
 

@@ -20,6 +20,10 @@ class CorruptCheckpointError(UserError, ValueError):
     """The file is not a readable, tensors-only PyTorch checkpoint."""
 
 
+class PickledObjectsError(CorruptCheckpointError):
+    """A checkpoint that holds pickled Python objects (not only tensors): not read safely."""
+
+
 class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint's weights do not fit the configured model."""
 
@@ -38,7 +42,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         text = str(err)
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if refused:
-            raise CorruptCheckpointError(
+            raise PickledObjectsError(
                 f"Checkpoint {path} contains pickled Python objects ({refused.group(1)}), which are not "
                 f"loaded because unpickling them could run code. Save the weights only: "
                 f"torch.save(model.state_dict(), path)."
@@ -64,8 +68,8 @@ def state_dict_of(payload: dict, path: Path) -> dict[str, torch.Tensor]:
     state = payload.get("state_dict", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptCheckpointError(f"Checkpoint {path} has no state_dict of tensors.")
-    if any(k.startswith("model.") for k in state):  # Lightning checkpoint of a module with .model
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if "pytorch-lightning_version" in payload and any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}  # a module's .model
     return state
 
 

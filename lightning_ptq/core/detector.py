@@ -13,8 +13,9 @@ stay float, as post-processing. Next to ``forward`` it names what the method rea
 * ``feature_modules``: modules whose outputs feature matching compares (backbone stages, neck);
 * ``family``: a short name (file names of checkpoints, tables).
 
-The embedded YOLO and FCOS implement it, :mod:`lightning_ptq.detection.torchvision_detectors`
-wraps stock torchvision detectors into it; a user's own class implements it to run through the
+The embedded YOLO and FCOS implement it, :func:`lightning_ptq.detection.detector_of` views stock
+torchvision (FCOS, RetinaNet, SSD) and Ultralytics YOLO detectors as one (an optional
+``float_patterns`` names layers that stay float, such as Ultralytics' DFL conv); a user's own class implements it to run through the
 job (``model._target_=my_pkg.MyDetector``) or the callbacks.
 """
 from __future__ import annotations
@@ -65,6 +66,6 @@ def check_detector(obj: object, where: str) -> None:
             f"{', '.join(missing)} (the Detector protocol, lightning_ptq.core.detector). forward must return the "
             f"raw head outputs; postprocess(outputs, conf_thr, iou_thr, max_det) the detections; adapter() the "
             f"(class logits, boxes) view the filtered global loss reads; head_patterns and feature_modules name "
-            f"layers; family is a short name. See {EXAMPLE}; stock torchvision FCOS and RetinaNet are wrapped "
-            f"by lightning_ptq.detection.detector_of(model)."
+            f"layers; family is a short name. See {EXAMPLE}; stock torchvision FCOS, RetinaNet and SSD and "
+            f"Ultralytics YOLO DetectionModels are viewed as detectors by lightning_ptq.detection.detector_of(model)."
         )

@@ -1,5 +1,5 @@
 """Object detection: the embedded YOLOv8-style default and torchvision FCOS (models, losses,
-training, inference, evaluation), stock torchvision detectors seen as Detectors, the synthetic
+training, inference, evaluation), stock torchvision and Ultralytics detectors seen as Detectors, the synthetic
 default dataset and COCO-format data, and the :class:`DetectionTask` that runs any Detector
 through the shared job. The errors of the data a user
 gives (from :mod:`lightning_ptq.core`) are exported here too."""
@@ -21,14 +21,18 @@ from .pretrain import TRAIN_DEFAULTS, pretrained_detector
 from .preview import save_preview
 from .synthetic import CLASS_NAMES, DEFAULT_SPLITS, Difficulty, generate_detection_dataset
 from .task import DetectionTask, eval_kwargs, load_data_and_model
-from .torchvision_detectors import TorchvisionDetector, TorchvisionFCOS, TorchvisionRetinaNet, detector_of
+from .torchvision_detectors import TorchvisionDetector, TorchvisionFCOS, TorchvisionRetinaNet, TorchvisionSSD
+from .torchvision_zoo import RetinaNetR18, SSDLite
+from .ultralytics_yolo import UltralyticsYOLO, UntrustedCheckpointError
+from .views import can_view, detector_of
 from .yolo import YOLO, YOLOAdapter, decode_boxes, dfl_distances, make_anchors, postprocess
 from .yolo_loss import YOLOLoss, dfl_loss, task_aligned_assign
 
 __all__ = [
     "CLASS_NAMES", "DEFAULT_SPLITS", "DETECTORS", "TRAIN_DEFAULTS", "YOLO", "Detector", "NotADetectorError",
-    "TorchvisionDetector", "TorchvisionFCOS", "TorchvisionRetinaNet", "architecture", "check_detector", "detector_class",
-    "detector_of", "target_of", "AnnotationFileNotFoundError",
+    "RetinaNetR18", "SSDLite", "TorchvisionDetector", "TorchvisionFCOS", "TorchvisionRetinaNet", "TorchvisionSSD",
+    "UltralyticsYOLO", "UntrustedCheckpointError",
+    "architecture", "can_view", "check_detector", "detector_class", "detector_of", "target_of", "AnnotationFileNotFoundError",
     "CheckpointMismatchError", "CheckpointNotFoundError", "CocoDataModule", "CocoDetectionDataset",
     "CorruptCheckpointError", "DatasetRootNotFoundError", "DetectionTask", "DetectorModule", "Difficulty",
     "EmptySplitError", "FCOSAdapter", "FCOSNet", "ImageFileNotFoundError", "MalformedAnnotationError",

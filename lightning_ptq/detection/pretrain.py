@@ -34,8 +34,9 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     """The FP detector for ``datamodule``'s classes and image size, in eval mode.
 
     ``model_cfg``: ``_target_`` (the detector class, e.g. :class:`~lightning_ptq.detection.YOLO`
-    or ``my_pkg.MyDetector``), ``checkpoint`` (a file, or None to pretrain one), ``kwargs``
-    (architecture arguments of the class), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
+    or ``my_pkg.MyDetector``), ``checkpoint`` (a file, or None to pretrain one),
+    ``trust_checkpoint`` (a checkpoint that is a pickle, an Ultralytics ``.pt``, is read only then),
+    ``kwargs`` (architecture arguments of the class), ``train`` (overrides of :data:`TRAIN_DEFAULTS`).
     ``trainer_kwargs``: Lightning Trainer settings (accelerator, devices, precision, progress bar).
     """
     if not model_cfg.get("_target_"):
@@ -44,6 +45,9 @@ def pretrained_detector(datamodule, model_cfg: Mapping, cache_dir: str | Path,
     cls, kwargs = detector_class(model_cfg["_target_"]), dict(model_cfg.get("kwargs") or {})
     num_classes, image_size = datamodule.num_classes, datamodule.image_size
     if model_cfg.get("checkpoint"):
+        if hasattr(cls, "from_checkpoint"):  # a class with formats of its own (Ultralytics .pt)
+            return cls.from_checkpoint(model_cfg["checkpoint"], num_classes, image_size, kwargs,
+                                       trust=bool(model_cfg.get("trust_checkpoint"))).eval()
         return load_detector(model_cfg["checkpoint"], num_classes, image_size, kwargs, cls).eval()
     if not callable(getattr(cls, "compute_loss", None)):
         raise ConfigError(f"model.checkpoint is not set and model._target_={target_of(cls)} has no "

@@ -1,9 +1,9 @@
-"""Stock torchvision one-stage detectors (FCOS, RetinaNet) as :class:`~lightning_ptq.core.detector.Detector`.
+"""Stock torchvision one-stage detectors (FCOS, RetinaNet, SSD / SSDlite) as :class:`~lightning_ptq.core.detector.Detector`.
 
 torchvision's detectors resize, run the network, make anchors and then compute either the loss or
 the detections, all in one ``forward``. The method needs the network alone (its convolutions are
 what gets quantized) and its raw head outputs (what the filtered global loss compares), so
-:func:`detector_of` wraps such a model in a :class:`TorchvisionDetector` that *shares* its parts
+:func:`~lightning_ptq.detection.views.detector_of` wraps such a model in a :class:`TorchvisionDetector` that *shares* its parts
 (the same ``transform``, ``backbone``, ``anchor_generator`` and ``head`` modules, under the same
 names): quantizing the wrapper in place quantizes the user's model, and layer names read as in
 the user's model (``backbone.body.layer1.0.conv1``, ``head.classification_head.cls_logits``).
@@ -11,6 +11,8 @@ the user's model (``backbone.body.layer1.0.conv1``, ``head.classification_head.c
 * ``wrapper(images)`` -> the head's outputs as torchvision computes them (``cls_logits`` [B, A, C],
   ``bbox_regression`` [B, A, 4], FCOS also ``bbox_ctrness`` [B, A, 1]), after the model's own
   transform (normalisation, resizing) and backbone;
+* ``wrapper.compute_loss(images, targets)`` is the model's own training loss (its forward in
+  training mode), so the job can pretrain it (:mod:`.torchvision_zoo` builds such models);
 * ``wrapper.adapter()`` decodes the boxes with the model's own box coder and anchor generator;
 * ``wrapper.postprocess(...)`` runs the model's own ``postprocess_detections`` and
   ``transform.postprocess`` (with the thresholds it is given), so detections are torchvision's.
@@ -27,8 +29,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.ssd import SSD
 
-from ..core.detector import NotADetectorError, check_detector, missing_detector_members
+from ..core.detector import NotADetectorError
 from .fcos import score_logits
 
 PARTS = ("transform", "backbone", "anchor_generator", "head", "box_coder")
@@ -59,14 +62,14 @@ class TorchvisionDetector(nn.Module):
         if missing:
             raise NotADetectorError(
                 f"{type(model).__name__} does not have the layout of torchvision's one-stage detectors: it lacks "
-                f"{', '.join(missing)} (torchvision FCOS and RetinaNet have {', '.join(PARTS)}). Implement the "
+                f"{', '.join(missing)} (torchvision FCOS, RetinaNet and SSD have {', '.join(PARTS)}). Implement the "
                 f"Detector protocol (lightning_ptq.core.detector) for it instead.")
         self.transform, self.backbone = model.transform, model.backbone
         self.anchor_generator, self.head = model.anchor_generator, model.head
         self.box_coder, self.topk_candidates = model.box_coder, model.topk_candidates
-        self.num_classes = model.head.classification_head.num_classes
-        # torchvision's own detection code, called with the thresholds postprocess() is given
-        self._postprocess_detections = type(model).postprocess_detections
+        classes = model.head.classification_head
+        self.num_classes = getattr(classes, "num_classes", getattr(classes, "num_columns", None))  # SSD: num_columns
+        self._owner = (model,)  # its own loss and detection code; not a second registration of its modules
         self._geometry: dict[int, Geometry] = {}
 
     @property
@@ -86,7 +89,7 @@ class TorchvisionDetector(nn.Module):
         if num_anchors not in self._geometry:
             anchors = self.anchor_generator(image_list, features)[0]
             hw = [f.shape[-2] * f.shape[-1] for f in features]
-            per_level = [n * (num_anchors // sum(hw)) for n in hw]  # RetinaNet: several anchors per location
+            per_level = [n * (num_anchors // sum(hw)) for n in hw]  # RetinaNet: several anchors per location (SSD: unused)
             self._geometry[num_anchors] = Geometry(anchors, per_level, original_sizes, list(image_list.image_sizes))
         return {k: outputs[k] for k in self.output_keys}
 
@@ -121,8 +124,19 @@ class TorchvisionDetector(nn.Module):
         settings = SimpleNamespace(score_thresh=conf_thr, nms_thresh=iou_thr, detections_per_img=max_det,
                                    topk_candidates=self.topk_candidates, box_coder=self.box_coder)
         image_sizes = geometry.image_sizes[:1] * batch
-        detections = self._postprocess_detections(settings, split, anchors, image_sizes)
+        detections = type(self._owner[0]).postprocess_detections(settings, split, anchors, image_sizes)
         return self.transform.postprocess(detections, image_sizes, geometry.original_sizes[:1] * batch)
+
+    def compute_loss(self, images, targets: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's own training loss on ``images`` and ``targets`` (``boxes`` xyxy px, ``labels``):
+        its forward in training mode (its modules keep the mode they are in)."""
+        model = self._owner[0]
+        mode, model.training = model.training, True  # torchvision's forward returns the losses then
+        try:
+            parts = model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        finally:
+            model.training = mode
+        return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
 
 
 class TorchvisionFCOS(TorchvisionDetector):
@@ -151,6 +165,31 @@ class TorchvisionRetinaNet(TorchvisionDetector):
         return outputs["cls_logits"].float()
 
 
+class TorchvisionSSD(TorchvisionRetinaNet):
+    """torchvision :class:`~torchvision.models.detection.SSD` (and SSDlite) as a Detector: boxes
+    decode as RetinaNet's (a ``BoxCoder``); its classes are a softmax with a background class 0, so
+    the ranking-score logits are the logits of the foreground classes' softmax probabilities."""
+
+    family = "torchvision_ssd"
+
+    def score_logits(self, outputs):
+        return torch.logit(outputs["cls_logits"].float().softmax(-1)[..., 1:], eps=1e-6)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, torch.Tensor], conf_thr: float = 0.001, iou_thr: float = 0.6,
+                    max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+        """torchvision's SSD detections (its ``postprocess_detections``, all levels together)."""
+        geometry = self.geometry(outputs)
+        batch = outputs["cls_logits"].shape[0]
+        settings = SimpleNamespace(score_thresh=conf_thr, nms_thresh=iou_thr, detections_per_img=max_det,
+                                   topk_candidates=self.topk_candidates, box_coder=self.box_coder)
+        anchors = [geometry.anchors.to(outputs["cls_logits"].device)] * batch
+        image_sizes = geometry.image_sizes[:1] * batch
+        detections = type(self._owner[0]).postprocess_detections(
+            settings, {k: v.float() for k, v in outputs.items()}, anchors, image_sizes)
+        return self.transform.postprocess(detections, image_sizes, geometry.original_sizes[:1] * batch)
+
+
 class TorchvisionAdapter:
     """:class:`~lightning_ptq.calib.fgl.DetectorAdapter` of a :class:`TorchvisionDetector`: its
     ranking-score logits and boxes decoded by the model's own box coder, float and differentiable."""
@@ -164,17 +203,4 @@ class TorchvisionAdapter:
         return d.score_logits(outputs), d.decode_boxes(outputs["bbox_regression"].float(), anchors)
 
 
-WRAPPERS: dict[type, type[TorchvisionDetector]] = {FCOS: TorchvisionFCOS, RetinaNet: TorchvisionRetinaNet}
-
-
-def detector_of(model: nn.Module, where: str = "the model") -> nn.Module:
-    """``model`` itself when it implements the Detector protocol; a stock torchvision FCOS or
-    RetinaNet wrapped in its :class:`TorchvisionDetector` (sharing its modules); otherwise a
-    :class:`~lightning_ptq.core.detector.NotADetectorError` naming what is missing."""
-    if not missing_detector_members(model):
-        return model
-    for cls, wrapper in WRAPPERS.items():
-        if isinstance(model, cls):
-            return wrapper(model)
-    check_detector(model, where)
-    return model
+WRAPPERS: dict[type, type[TorchvisionDetector]] = {FCOS: TorchvisionFCOS, RetinaNet: TorchvisionRetinaNet, SSD: TorchvisionSSD}

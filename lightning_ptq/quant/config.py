@@ -141,16 +141,22 @@ class QuantConfig:
         return asdict(self)
 
     def for_model(self, model) -> "QuantConfig":
-        """This config with :data:`HEAD` in ``laq_patterns`` replaced by ``model.head_patterns``."""
-        if HEAD not in self.laq_patterns:
-            return self
-        head = tuple(getattr(model, "head_patterns", None) or ())
-        if not head:
-            raise ConfigError(
-                f"laq_patterns names {HEAD} (the model's head) but {type(model).__name__} has no head_patterns: give "
-                f"the head's layer patterns instead, e.g. laq_patterns=['head.*'], or implement the Detector protocol "
-                f"(lightning_ptq.core.detector).")
-        return replace(self, laq_patterns=tuple(p for q in self.laq_patterns for p in (head if q == HEAD else (q,))))
+        """This config with :data:`HEAD` in ``laq_patterns`` replaced by ``model.head_patterns``,
+        and the layers ``model.float_patterns`` names (a detector's fixed post-processing convs,
+        e.g. Ultralytics' DFL) excluded."""
+        cfg = self
+        keep_float = tuple(getattr(model, "float_patterns", ()))
+        if keep_float:
+            cfg = replace(cfg, exclude=cfg.exclude + keep_float)
+        if HEAD in cfg.laq_patterns:
+            head = tuple(getattr(model, "head_patterns", None) or ())
+            if not head:
+                raise ConfigError(
+                    f"laq_patterns names {HEAD} (the model's head) but {type(model).__name__} has no head_patterns: "
+                    f"give the head's layer patterns instead, e.g. laq_patterns=['head.*'], or implement the Detector "
+                    f"protocol (lightning_ptq.core.detector).")
+            cfg = replace(cfg, laq_patterns=tuple(p for q in cfg.laq_patterns for p in (head if q == HEAD else (q,))))
+        return cfg
 
     def layer_laq(self, name: str) -> tuple[bool, bool]:
         """Whether layer ``name`` gets LAQ on its (weights, input activations)."""
@@ -174,3 +180,4 @@ class QuantConfig:
 
     def with_bits(self, w_bits: int, a_bits: int) -> "QuantConfig":
         return replace(self, w_bits=w_bits, a_bits=a_bits)
+

@@ -14,6 +14,8 @@ fused model's output is checked against the original.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -58,6 +60,20 @@ def find_conv_act_units(model: nn.Module) -> list[tuple[str, str]]:
     return units
 
 
+def _unshare(model: nn.Module, units: list[tuple[str, str]]) -> None:
+    """Give every unit its own activation module: one parameter-free activation object set as the
+    ``act`` of many parents (Ultralytics' ``Conv.default_act``) is called once by each of them,
+    which the call count below would take for one activation applied several times."""
+    seen: set[int] = set()
+    for _, act_name in units:
+        parent_name, _, child = act_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        act = getattr(parent, child)
+        if id(act) in seen:
+            setattr(parent, child, copy.deepcopy(act))
+        seen.add(id(act))
+
+
 def _called_more_than_once(model: nn.Module, example_input: torch.Tensor, names: set[str]) -> set[str]:
     modules = dict(model.named_modules())
     calls = dict.fromkeys(names, 0)
@@ -77,6 +93,7 @@ def fuse_activations(model: nn.Module, example_input: torch.Tensor | None = None
     fused ``(conv, activation)`` name pairs. Raises ``RuntimeError`` when ``example_input`` shows
     that fusing changed the output."""
     units = find_conv_act_units(model)
+    _unshare(model, units)
     if example_input is not None:
         shared = _called_more_than_once(model, example_input, {a for _, a in units})
         units = [(c, a) for c, a in units if a not in shared]

@@ -99,3 +99,41 @@ def test_what_is_not_a_detector_is_named():
     with pytest.raises(NotADetectorError, match=r"FCOS does not have the layout of torchvision's one-stage detectors: it "
                                                 r"lacks anchor_generator"):
         TorchvisionFCOS(torch_detector)
+
+
+def test_ssdlite_detections_are_torchvisions_own():
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from lightning_ptq.detection import TorchvisionSSD
+
+    torch.manual_seed(0)
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=CLASSES + 1).eval()
+    model.score_thresh, model.nms_thresh, model.detections_per_img = 0.2, 0.5, 50
+    detector = detector_of(model)
+    assert isinstance(detector, TorchvisionSSD)
+    with torch.no_grad():
+        want = model(list(IMAGES))
+        out = detector(IMAGES)
+        got = detector.postprocess(out, conf_thr=0.2, iou_thr=0.5, max_det=50)
+        logits, _ = detector.adapter()(out)
+    assert sum(len(d["scores"]) for d in want) > 0
+    for g, w in zip(got, want):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(g[key], w[key])
+    # the ranking logits are the foreground classes' softmax probabilities, as logits
+    torch.testing.assert_close(logits.sigmoid(), out["cls_logits"].softmax(-1)[..., 1:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["RetinaNetR18", "SSDLite"])
+def test_the_zoo_detectors_train_with_torchvisions_loss_and_keep_the_datas_labels(name):
+    import lightning_ptq.detection as detection
+
+    torch.manual_seed(0)
+    model = getattr(detection, name)(CLASSES, 64).train()
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([2])}] * 2
+    loss, parts = model.compute_loss(torch.rand(2, 3, 64, 64), targets)
+    assert torch.isfinite(loss) and loss.requires_grad and set(parts) == {"classification", "bbox_regression"}
+    with torch.no_grad():
+        detections = model.eval().postprocess(model(IMAGES[:, :, :64, :64]), conf_thr=0.0, iou_thr=0.5, max_det=20)
+    labels = torch.cat([d["labels"] for d in detections])
+    assert len(labels) and labels.min() >= 0 and labels.max() < CLASSES  # 0..C-1, background never reported
