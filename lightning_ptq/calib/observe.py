@@ -69,6 +69,7 @@ def calibrate_ranges(
             "split) or pass a non-empty iterable of batches."
         )
     for layer in layers.values():
+        layer.input_quant.observer.gather_ranks()  # several processes: every rank sets the same range
         layer.input_quant.finalize()
     qmodel.train(was_training)
     return used

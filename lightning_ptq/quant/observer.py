@@ -3,10 +3,12 @@ being calibrated, and nothing else (the range initialisers in :mod:`.ranges` tur
 into quantization parameters; the quantizer in :mod:`.quantizer` owns one and switches it on).
 
 Kept per channel: the exact minimum and maximum of every batch, and a random subsample of the
-values up to ``max_samples`` for the percentile and MSE searches."""
+values up to ``max_samples`` for the percentile and MSE searches. Calibrating on several
+processes, each observer merges what every rank saw before the range is set (:meth:`gather_ranks`)."""
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -61,6 +63,18 @@ class SampleObserver(nn.Module):
             rows = rows[:, torch.randperm(rows.shape[1], device=rows.device)[:budget]]
         self._samples.append(torch.cat([extremes, rows[:, :budget]], dim=1).cpu())
         return x
+
+    def gather_ranks(self) -> None:
+        """Under ``torch.distributed`` with several ranks, make what this observer recorded the
+        union of what every rank recorded (extremes and subsamples; every rank must call it, for
+        its quantizers in the same order), so that every rank derives the same range: min / max
+        exactly, percentiles and the MSE search from the merged values."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        everyone: list[torch.Tensor | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, self.rows() if self._samples else None)
+        recorded = [rows for rows in everyone if rows is not None]
+        self._samples = [torch.cat(recorded, dim=1)] if recorded else []
 
     def rows(self) -> torch.Tensor:
         """Everything recorded since the last :meth:`reset`, as ``[C, N]`` (extremes included)."""
