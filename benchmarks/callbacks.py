@@ -13,13 +13,16 @@ models, calibration images, settings and seeds:
   (``quantize`` + ``calibrate`` with the filtered global loss) with the same settings, each tested
   by the example's own test loop (torchmetrics mAP).
 
-Prints a markdown table (mean ± sample std over seeds) and writes JSON.
+Prints a markdown table (mean ± sample std over seeds) and writes JSON. Each finished part and seed
+is kept as ``benchmarks/runs/callbacks/rows/<part>_<seed>.json``, so that a run that was stopped goes
+on where it stopped; ``--fresh`` measures every row again.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import importlib.util
+import json
 import statistics
 import sys
 import time
@@ -57,12 +60,12 @@ def _trainer(callbacks=(), root: Path = RUNS) -> L.Trainer:
                      enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
 
 
-def yolo(seed: int) -> dict:
+def yolo(seed: int, fresh: bool) -> dict:
     overrides = ["+recipe=yolo_w4a4", "logger=none", f"seed={seed}", "trainer.enable_progress_bar=false"]
     cfg = compose_config(overrides)
-    start = time.perf_counter()
-    job = run_job(cfg, RUNS / f"yolo_job_{seed}")
-    job_seconds = time.perf_counter() - start
+    job_results = RUNS / f"yolo_job_{seed}" / "results.json"
+    # the job's own results.json, when an earlier run of this benchmark finished the job and not the row
+    job = json.loads(job_results.read_text()) if job_results.is_file() and not fresh else run_job(cfg, job_results.parent)
 
     datamodule, fp = load_data_and_model(cfg)
     L.seed_everything(seed, verbose=False)
@@ -73,7 +76,7 @@ def yolo(seed: int) -> dict:
     callback_seconds = time.perf_counter() - start
     callback = evaluate_detections(module.detector, datamodule.test_dataloader(), progress=False, **eval_kwargs(cfg))
     return {"fp": job["fp.map"], "job": job["quant.map"], "callback": callback["map"],
-            "job_seconds": job_seconds, "callback_seconds": callback_seconds}
+            "job_seconds": job["calib_seconds"], "callback_seconds": callback_seconds}
 
 
 def _example():
@@ -118,6 +121,17 @@ def fcos(seed: int, example, data: Path) -> dict:
     return row
 
 
+def _row(part: str, seed: int, measure, fresh: bool) -> dict:
+    """``measure(seed)``, or the row a previous run of this benchmark finished for this part and seed."""
+    path = RUNS / "rows" / f"{part}_{seed}.json"
+    if path.is_file() and not fresh:
+        print(f"{part} seed {seed}: the row finished earlier, {path}")
+        return json.loads(path.read_text())
+    row = measure(seed)
+    atomic_write_json(row, path)
+    return row
+
+
 def _summary(rows: list[dict]) -> dict:
     keys = rows[0].keys()
     return {k: (statistics.mean(r[k] for r in rows), statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0)
@@ -125,6 +139,7 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
+    # calibration s: the job's calib_seconds; for a callback, the whole trainer.test call it ran in
     lines = ["| model | path | mAP@[.5:.95] | retention | calibration s | seeds |", "|---|---|---|---|---|---|"]
     labels = {"yolo": ("default YOLO W4A4", {"job": "Hydra job (+recipe=yolo_w4a4)", "callback": "RegPTQCallback()"}),
               "fcos": ("stock torchvision FCOS W4A4", {"ranges": "ranges only (QuantizationCallback, steps=0)",
@@ -147,16 +162,17 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["yolo", "fcos"], choices=["yolo", "fcos"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/callbacks.json")
+    parser.add_argument("--fresh", action="store_true", help="measure every row again, ignoring finished ones")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, list[dict]] = {}
     if "yolo" in args.parts:
-        rows["yolo"] = [yolo(seed) for seed in args.seeds]
+        rows["yolo"] = [_row("yolo", seed, lambda s: yolo(s, args.fresh), args.fresh) for seed in args.seeds]
     if "fcos" in args.parts:
         cfg = compose_config(["logger=none"])
         load_data_and_model(cfg)  # generates the default data when it is not there yet
         example, data = _example(), Path(cfg.data.default_root)
-        rows["fcos"] = [fcos(seed, example, data) for seed in args.seeds]
+        rows["fcos"] = [_row("fcos", seed, lambda s: fcos(s, example, data), args.fresh) for seed in args.seeds]
     results = {"command": "python benchmarks/callbacks.py " + " ".join(sys.argv[1:]), "threads": 1, "rows": rows,
                "summary": {part: _summary(r) for part, r in rows.items()}}
     atomic_write_json(results, args.out)
