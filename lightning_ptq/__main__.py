@@ -39,7 +39,8 @@ def main(cfg: DictConfig) -> float:
         results = run_job(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as err:
         _fail(err)
-    return float(results[cfg.optimized_metric])
+    # a process of a distributed calibration other than rank 0 has no results to give a sweeper
+    return float(results[cfg.optimized_metric]) if results else float("nan")
 
 
 def cli() -> None:

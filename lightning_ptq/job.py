@@ -1,6 +1,12 @@
 """The job: FP model -> quantize -> calibrate -> evaluate FP vs quantized -> [per-layer search]
 -> [export] -> save -> report (table, W&B).
 
+With ``trainer.strategy=ddp trainer.devices=N`` (or ``trainer.num_nodes``, under torchrun or
+SLURM) calibration runs on N processes, each on its share of the calibration batches, all ending
+with the same model (:mod:`lightning_ptq.core.distributed`); the processes start once the FP model
+is loaded and evaluated, and after calibration rank 0 alone evaluates, searches, exports, saves
+and reports (the others return an empty dict).
+
 ``run_job(cfg, run_dir)`` does it once for every kind of model and returns the results dict; what
 differs between detectors, keypoint models and classifiers comes from the :class:`Task` that
 ``model.task._target_`` names (:mod:`lightning_ptq.core.task`). ``__main__`` is the thin Hydra
@@ -12,10 +18,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from .core import distributed
 from .core.errors import ConfigError
 from .core.memory import PeakRSS
 from .core.task import missing_members
@@ -48,6 +57,10 @@ def make_task(cfg: DictConfig):
     return task
 
 
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the job ``cfg`` describes; write its files to ``run_dir``; return the results."""
     run_dir = Path(run_dir)
@@ -70,11 +83,18 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
     _, fp_model = task.load()
     fp = task.evaluate(fp_model)
     batches, validate = task.calibration_sets(search)
+    # from here on, as many processes as the trainer settings ask for
+    ranks = distributed.launch(cfg.trainer, in_sweep=_in_sweep())
     with PeakRSS() as memory:
         qmodel, calib_seconds, report = quantize_and_calibrate(
-            fp_model, qcfg, batches, calib, cfg.trainer, logger,
+            fp_model, qcfg, distributed.shard(batches), calib, cfg.trainer, logger,
             checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
         )
+    if ranks > 1:
+        rank = distributed.rank()
+        distributed.finish()
+        if rank != 0:
+            return {}
     quant = task.evaluate(qmodel)
     search_numbers = {}
     if search is not None:

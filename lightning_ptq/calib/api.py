@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import distributed
 from ..core.io import atomic_torch_save, resume_checkpoint
 from ..core.training import library_trainer, quiet_lightning
 from ..core.tree import batch_size
@@ -35,12 +36,17 @@ class CalibrationReport:
         holdout_loss_after: the same after learning.
         kept: ``"learned"``, or ``"before_learning"`` when learning made that error worse and
             ``keep_better`` put the earlier state back.
+        ranks: how many processes calibrated together.
+        rank_difference: with several, the largest absolute difference between a rank's
+            calibrated state and rank 0's (0.0: every rank holds the same model).
     """
 
     holdout_images: int = 0
     holdout_loss_before: float | None = None
     holdout_loss_after: float | None = None
     kept: str = "learned"
+    ranks: int = 1
+    rank_difference: float | None = None
 
     def results(self) -> dict:
         """The report as ``calib.*`` entries of a results dict."""
@@ -78,7 +84,12 @@ def calibrate(
        before learning is put back.
 
     ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
-    ``(images, targets)`` tuples); ``forward_fn(model, batch)`` runs a model on one. With
+    ``(images, targets)`` tuples); ``forward_fn(model, batch)`` runs a model on one. Under
+    ``torch.distributed`` (several ranks) every rank passes its own share of the batches
+    (:func:`lightning_ptq.core.distributed.shard`) and ``trainer_kwargs`` name the DDP strategy:
+    ranges are observed on ``init_batches`` batches over all ranks together and merged, block
+    reconstruction and learning average their gradients over the ranks, the held-out error is
+    the mean over every rank's held-out batches, and only rank 0 writes checkpoints. With
     ``checkpoint_dir``, the learning stage saves ``last.ckpt`` there and an interrupted call
     resumes from it. ``trainer_kwargs`` go to the Lightning Trainer of the learning stage
     (accelerator, devices, precision, progress bar). Returns the :class:`CalibrationReport`.
@@ -101,14 +112,18 @@ def calibrate(
     resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
     progress = (trainer_kwargs or {}).get("enable_progress_bar", True)
     if resume is None or not resume.exists():  # otherwise the checkpoint holds the result of 1 and 2
-        calibrate_ranges(qmodel, batches, config.init_batches, forward_fn, progress=progress)
+        per_rank = -(-config.init_batches // distributed.world_size())  # about init_batches over all ranks
+        calibrate_ranges(qmodel, batches, per_rank, forward_fn, progress=progress)
         if config.recon.steps > 0:
             reconstruct(qmodel, batches, forward_fn=forward_fn, checkpoint_dir=checkpoint_dir, progress=progress,
                         **asdict(config.recon))
-    report = CalibrationReport(holdout_images=sum(map(batch_size, held)))
+    report = CalibrationReport(holdout_images=distributed.sum_over_ranks(sum(map(batch_size, held))),
+                               ranks=distributed.world_size())
     if steps <= 0:
-        return report
+        return _with_rank_difference(report, qmodel)
     before = _state_before_learning(fp_model, qmodel, held, loss, forward_fn, checkpoint_dir)
+    # learning sets its own requires_grad flags on both models; the caller's come back afterwards
+    requires_grad = {p: p.requires_grad for model in (fp_model, qmodel) for p in model.parameters()}
     module = CalibrationModule(fp_model, qmodel, loss=loss, lr=config.lr, max_steps=steps, forward_fn=forward_fn,
                                failure_dir=checkpoint_dir, weight_lr=config.weight_lr)
     callbacks = []
@@ -128,30 +143,45 @@ def calibrate(
     finally:
         for h in hooks:
             h.remove()
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
         if hasattr(module.loss, "detach"):  # on_fit_end is skipped when fitting stops with an error
             module.loss.detach()
     if before is not None:
         state, report.holdout_loss_before = before
         report.holdout_loss_after = held_out_loss(fp_model, qmodel, held, loss, forward_fn)
-        if report.holdout_loss_after > report.holdout_loss_before:
-            action = "went back to the state before learning" if config.keep_better else \
-                "kept the learned state (calib.keep_better=false)"
-            log.warning("calibration: learning made the distillation error on the %d held-out images worse "
-                        "(%.5g before, %.5g after); %s.", report.holdout_images, report.holdout_loss_before,
-                        report.holdout_loss_after, action)
-            if config.keep_better:
-                qmodel.load_state_dict(state)
-                report.kept = "before_learning"
-        else:
-            log.info("calibration: distillation error on the %d held-out images %.5g before learning, %.5g after.",
-                     report.holdout_images, report.holdout_loss_before, report.holdout_loss_after)
+        worse = report.holdout_loss_after > report.holdout_loss_before  # the same on every rank
+        if worse and config.keep_better:
+            qmodel.load_state_dict(state)
+            report.kept = "before_learning"
+        if distributed.rank() == 0:
+            _say_held_out(report, worse, config.keep_better)
+    return _with_rank_difference(report, qmodel)
+
+
+def _say_held_out(report: CalibrationReport, worse: bool, keep_better: bool) -> None:
+    if worse:
+        action = "went back to the state before learning" if keep_better else \
+            "kept the learned state (calib.keep_better=false)"
+        log.warning("calibration: learning made the distillation error on the %d held-out images worse "
+                    "(%.5g before, %.5g after); %s.", report.holdout_images, report.holdout_loss_before,
+                    report.holdout_loss_after, action)
+    else:
+        log.info("calibration: distillation error on the %d held-out images %.5g before learning, %.5g after.",
+                 report.holdout_images, report.holdout_loss_before, report.holdout_loss_after)
+
+
+def _with_rank_difference(report: CalibrationReport, qmodel: nn.Module) -> CalibrationReport:
+    if report.ranks > 1:
+        report.rank_difference = distributed.difference_from_rank_zero(qmodel)
     return report
 
 
 @torch.no_grad()
 def held_out_loss(fp_model: nn.Module, qmodel: nn.Module, held: list, loss, forward_fn: ForwardFn) -> float:
-    """The mean distillation error of ``qmodel`` against ``fp_model`` over the ``held`` batches:
-    ``loss`` as it compares outputs (its base loss when it also matches features)."""
+    """The mean distillation error of ``qmodel`` against ``fp_model`` over the ``held`` batches
+    (of every rank, under ``torch.distributed``): ``loss`` as it compares outputs (its base loss
+    when it also matches features)."""
     measure = getattr(loss, "base", loss)
     modes = fp_model.training, qmodel.training
     fp_model.eval()
@@ -162,7 +192,7 @@ def held_out_loss(fp_model: nn.Module, qmodel: nn.Module, held: list, loss, forw
             student, teacher = forward_fn(qmodel, batch), forward_fn(fp_model, batch)
             check_distillable(student, teacher)
             total += float(measure(student, teacher)[0])
-        return total / len(held)
+        return distributed.mean_over_ranks(total, len(held))
     finally:
         fp_model.train(modes[0])
         qmodel.train(modes[1])
@@ -179,7 +209,7 @@ def _state_before_learning(fp_model, qmodel, held: list, loss, forward_fn, check
         return saved["state_dict"], saved["holdout_loss"]
     state = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
     error = held_out_loss(fp_model, qmodel, held, loss, forward_fn)
-    if path is not None:
+    if path is not None and distributed.rank() == 0:
         atomic_torch_save({"state_dict": state, "holdout_loss": error}, path)
     return state, error
 

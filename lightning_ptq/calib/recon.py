@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core import distributed
 from ..core.io import atomic_torch_save
 from ..core.tree import flatten_tensors
 from ..quant.layers import QuantLayerMixin
@@ -154,6 +155,7 @@ def _fit_block(block: nn.Module, groups: list[dict], samples: list, steps: int,
                 raise FloatingPointError(f"reconstruction loss is {loss.item()}; lower the learning rate.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(p for group in groups for p in group["params"])
             opt.step()
             sched.step()
     finally:
@@ -185,8 +187,10 @@ def reconstruct(
     ``weight_lr > 0`` the block's weights and biases are fitted too (AdaQuant), at that many steps
     of each layer's weight grid (as in :class:`~lightning_ptq.calib.module.CalibrationModule`). With
     ``checkpoint_dir``, the quantized model's state is saved after every block
-    (``recon_state.pt``) and an interrupted run continues with the next block.
-    Returns the final reconstruction loss per block.
+    (``recon_state.pt``, by rank 0) and an interrupted run continues with the next block. Under
+    ``torch.distributed`` each rank fits on its own batches and the gradients are averaged over
+    the ranks, so that every rank ends with the same parameters.
+    Returns the final reconstruction loss per block (on this rank's batches).
     """
     if not 0.0 <= drop_prob < 1.0:
         raise ValueError(f"drop_prob={drop_prob!r} must lie in [0, 1).")
@@ -232,7 +236,7 @@ def reconstruct(
                 raise FloatingPointError(f"block {name!r}: {err}") from err
             for p in params:
                 p.requires_grad_(False)
-            if state_path is not None:
+            if state_path is not None and distributed.rank() == 0:
                 atomic_torch_save({"state_dict": qmodel.state_dict(), "losses": losses}, state_path)
     finally:
         for p, flag in requires_grad.items():

@@ -24,6 +24,8 @@ from torch import nn
 
 from ..calib import CalibConfig, calibrate
 from ..calib.observe import ForwardFn, default_forward
+from ..core import distributed
+from ..core.errors import ConfigError
 from ..core.tree import batch_inputs, batch_size
 from ..quant.config import QuantConfig
 from ..quant.swap import LayerPatternError, quantize, quantized_layers
@@ -31,6 +33,21 @@ from ..quant.swap import LayerPatternError, quantize, quantized_layers
 log = logging.getLogger(__name__)
 
 SENTINEL = "lightning_ptq_quantized_by_"  # + the callback's class name: a buffer on the quantized network
+
+
+def _processes(trainer: L.Trainer) -> dict:
+    """Settings that make the calibration Trainer run on the user's processes, when there are
+    several: every rank calibrates on its share of the batches and they average their gradients."""
+    if distributed.world_size() == 1:
+        return {}
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            f"calibration on several processes runs with strategy='ddp' (processes that each run the script, "
+            f"torchrun and SLURM included), not {type(trainer.strategy).__name__} with "
+            f"{type(trainer.strategy.launcher).__name__}: give the Trainer strategy='ddp'.")
+    return {"strategy": "ddp", "devices": trainer.num_devices, "num_nodes": trainer.num_nodes}
 
 
 def calibration_source(trainer: L.Trainer, calib_dataloader: Iterable | None, owner: str) -> Iterable:
@@ -181,18 +198,21 @@ class QuantizationCallback(Callback):
         if self._teacher is None:
             raise RuntimeError(f"{type(self).__name__}: the model is quantized but not calibrated, and there is no "
                                f"float copy to calibrate it against (it was quantized before this callback saw it).")
-        batches = [trainer.strategy.batch_to_device(b, pl_module.device) for b in self._take(trainer)]
+        batches = [trainer.strategy.batch_to_device(b, pl_module.device)
+                   for b in distributed.shard(self._take(trainer), f"calibration batches of {type(self).__name__}")]
         checkpoint_dir = Path(trainer.default_root_dir) / "lightning_ptq_calibration" if self.resume else None
         inner = {"accelerator": trainer.accelerator, "precision": trainer.precision, "devices": 1,
-                 "enable_progress_bar": trainer.progress_bar_callback is not None}
+                 "enable_progress_bar": trainer.progress_bar_callback is not None} | _processes(trainer)
         try:
             report = calibrate(self._teacher.to(pl_module.device), network, batches, self.calib,
                                loss=self.calibration_loss(network), forward_fn=self.forward_fn,
                                checkpoint_dir=checkpoint_dir, trainer_kwargs=inner)
         finally:  # the calibration Trainer took over the LightningModules it ran (the network may be one)
             pl_module.trainer = trainer
-        log.info("%s: calibrated on %d images; %s", type(self).__name__, sum(map(batch_size, batches)), report)
-        if checkpoint_dir is not None:
+        if distributed.rank() == 0:
+            log.info("%s: calibrated on %d images per process; %s", type(self).__name__,
+                     sum(map(batch_size, batches)), report)
+        if checkpoint_dir is not None and distributed.rank() == 0:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only an interrupted calibration resumes
         self._teacher = None
 

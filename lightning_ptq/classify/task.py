@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import default_collate
 
-from ..core.task import TaskBase, prepared_datamodule
+from ..core.task import TaskBase, prepared_datamodule, training_settings
 from ..report import comparison_rows, comparison_table
 from ..search import StagedEvaluator
 from ..search.job import select_sets, subset_batches
@@ -26,7 +26,7 @@ def load_classification_data_and_model(cfg: DictConfig):
     trained and cached on first use, or the user's checkpoint), in eval mode."""
     datamodule = prepared_datamodule(cfg)
     model = pretrained_classifier(datamodule, cfg.model, cache_dir=Path(cfg.cache_dir) / "models",
-                                  trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True))
+                                  trainer_kwargs=training_settings(cfg))
     return datamodule, model.eval()
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from .distributed import one_process
 
 
 @runtime_checkable
@@ -64,6 +66,12 @@ class TaskBase:
 
     def check(self) -> None:
         pass  # the model and data settings are checked where they are read
+
+
+def training_settings(cfg: DictConfig) -> dict:
+    """The ``trainer`` settings for pretraining a model: those of one process, whatever the job's
+    strategy, so that the cached model is the same however many processes calibrate."""
+    return one_process(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def prepared_datamodule(cfg: DictConfig):

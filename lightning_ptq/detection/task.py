@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset
 
-from ..core.task import TaskBase, prepared_datamodule
+from ..core.task import TaskBase, prepared_datamodule, training_settings
 from ..pipeline import calibration_batches
 from ..report import plot_detections, results_table, table_rows
 from ..search.job import select_sets, subset_batches
@@ -32,7 +32,7 @@ def load_data_and_model(cfg: DictConfig):
     datamodule = prepared_datamodule(cfg)
     fp_model = pretrained_detector(
         datamodule, OmegaConf.to_container(cfg.model, resolve=True), cache_dir=Path(cfg.cache_dir) / "models",
-        trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True),
+        trainer_kwargs=training_settings(cfg),
     )
     return datamodule, fp_model.eval()
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.errors import ConfigError
-from ..core.task import TaskBase, prepared_datamodule
+from ..core.task import TaskBase, prepared_datamodule, training_settings
 from ..pipeline import calibration_batches
 from .model import check_keypoint_settings
 from .report import keypoint_results_table, keypoint_table_rows, plot_keypoints
@@ -38,7 +38,7 @@ def load_keypoint_data_and_model(cfg: DictConfig, kwargs: dict):
     datamodule = prepared_datamodule(cfg)
     model = pretrained_keypoint_model(
         datamodule, kwargs, OmegaConf.to_container(cfg.model.train, resolve=True), cfg.model.checkpoint,
-        cache_dir=Path(cfg.cache_dir) / "models", trainer_kwargs=OmegaConf.to_container(cfg.trainer, resolve=True))
+        cache_dir=Path(cfg.cache_dir) / "models", trainer_kwargs=training_settings(cfg))
     datamodule.batch_size = cfg.calib.batch_size
     return datamodule, model.eval()
 

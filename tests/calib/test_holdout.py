@@ -40,7 +40,8 @@ def test_learning_is_checked_on_batches_it_never_saw():
     assert report.kept == "learned" and report.holdout_loss_after < report.holdout_loss_before
     assert report.holdout_loss_after == pytest.approx(held_out_loss(fp, qmodel, batches[-2:], OutputMSE(), _forward))
     assert report.results() == {"calib.holdout_images": 8, "calib.holdout_loss_before": report.holdout_loss_before,
-                                "calib.holdout_loss_after": report.holdout_loss_after, "calib.kept": "learned"}
+                                "calib.holdout_loss_after": report.holdout_loss_after, "calib.kept": "learned",
+                                "calib.ranks": 1}  # one process: no rank_difference
 
 
 class Sabotage:

@@ -66,3 +66,18 @@ def test_each_layer_learns_at_its_own_step_size():
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert [g["lr"] for g in groups[1:]] == pytest.approx([0.1 * weight_step(qmodel[0]), 0.1 * weight_step(qmodel[2])])
     assert [len(g["params"]) for g in groups[1:]] == [2, 2]  # weight and bias of each conv
+
+
+@pytest.mark.parametrize("weight_lr", [0.0, 0.1])
+def test_learning_gives_back_the_callers_requires_grad_flags(weight_lr):
+    # a student whose weights are to be fine-tuned afterwards (quantization-aware training) must
+    # still have them trainable; DDP, built before calibration, stops on a parameter that became frozen
+    fp = tiny_net()
+    qmodel = quantize(fp, QuantConfig(w_bits=4, a_bits=4))
+    qmodel[0].bias.requires_grad_(False)  # whatever the caller set is what comes back
+    flags = {(i, name): p.requires_grad for i, model in enumerate((fp, qmodel)) for name, p in model.named_parameters()}
+    calibrate(fp, qmodel, tiny_batches(), CalibConfig(steps=2, weight_lr=weight_lr),
+              trainer_kwargs={"enable_progress_bar": False})
+    assert {(i, name): p.requires_grad for i, model in enumerate((fp, qmodel))
+            for name, p in model.named_parameters()} == flags
+    assert flags[(0, "0.weight")] and flags[(1, "0.weight")] and not flags[(1, "0.bias")]

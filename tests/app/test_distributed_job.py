@@ -1,0 +1,90 @@
+"""The job on two processes (``trainer.strategy=ddp trainer.devices=2``, gloo on CPU), started
+as a user starts it: the command line, whose extra process Lightning's launcher starts.
+
+Both processes hold the same calibrated model (the job measures the largest difference from
+rank 0's and writes it to results.json), rank 0 alone writes the run, and with ranges only the
+two-process model is the one-process model, bit for bit (min / max ranges over the same batches).
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from lightning_ptq.core import distributed
+from lightning_ptq.core.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+
+# 16 calibration images in batches of 4: two batches per process.
+TINY = [
+    "+recipe=yolo_w4a4", "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+    "data.generator_kwargs={splits: {train: 16, calib: 16, val: 8, test: 8}}",
+    "+model.kwargs.width_mult=0.125", "model.train.epochs=1", "model.train.batch_size=8", "model.train.val_every=1",
+    "calib.num_images=16", "calib.batch_size=4", "calib.init_batches=2", "eval.num_vis_images=1", "num_threads=1",
+]
+TWO = ["trainer.strategy=ddp", "trainer.devices=2"]
+
+
+def _job(cache_dir, run_dir, *overrides) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lightning_ptq", *TINY, f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
+               *overrides]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_two_processes_calibrate_one_model_and_rank_zero_writes_the_run(cache_dir, tmp_path):
+    # learning kept whatever the held-out check says, so that the learned state is what is compared
+    _job(cache_dir, tmp_path, *TWO, "calib.steps=4", "calib.keep_better=false", "calib.recon.steps=2")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["calib.ranks"] == 2
+    assert results["calib.rank_difference"] == 0.0  # ranges, block reconstruction and learning agree
+    assert results["calib.kept"] == "learned"
+    assert results["calib_images"] == 16 and results["calib.holdout_images"] == 8  # one batch held out per rank
+    assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second process ran the same command
+    assert len(list(tmp_path.rglob("results.json"))) == 1
+
+
+def test_ranges_on_two_processes_are_those_of_one(cache_dir, tmp_path):
+    same = ["calib.steps=0", "quant.a_init=minmax"]
+    _job(cache_dir, tmp_path / "one", *same)
+    _job(cache_dir, tmp_path / "two", *TWO, *same)
+    one, two = (torch.load(tmp_path / d / "quantized_state_dict.pt", weights_only=True) for d in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.equal(one[key], two[key]), key
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["calib.ranks"] == 2
+
+
+def test_a_sweep_cannot_start_processes():
+    with pytest.raises(ConfigError, match=r"trainer.devices=2 x trainer.num_nodes=1 processes in a sweep \(-m\)"):
+        distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, in_sweep=True)
+
+
+def test_spawned_processes_are_refused_with_the_strategy_that_works():
+    with pytest.raises(ConfigError, match=r"trainer.strategy='ddp_spawn' with 2 processes.*trainer.strategy=ddp"):
+        distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"})
+
+
+def test_fewer_calibration_batches_than_processes_is_named(cache_dir, tmp_path):
+    command = [sys.executable, "-m", "lightning_ptq", *TINY, f"cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}",
+               *TWO, "calib.num_images=4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 2
+    assert "TooFewBatchesError: 1 calibration batches for 2 processes" in done.stderr
+    assert "calib.num_images" in done.stderr
+
+
+def test_one_process_settings_drop_what_starts_processes():
+    assert distributed.one_process({"accelerator": "cpu", "devices": 4, "strategy": "ddp", "num_nodes": 2,
+                                    "precision": "32-true"}) == {"accelerator": "cpu", "devices": 1,
+                                                                 "precision": "32-true"}
+    assert distributed.shard([1, 2, 3]) == [1, 2, 3]  # one process: every batch
