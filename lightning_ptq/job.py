@@ -2,7 +2,7 @@
 -> [export] -> save -> report (table, W&B).
 
 With ``trainer.strategy=ddp trainer.devices=N`` (or ``trainer.num_nodes``, under torchrun or
-SLURM) calibration runs on N processes, each on its share of the calibration batches, all ending
+SLURM) calibration runs on N processes, each on its share of every calibration batch, all ending
 with the same model (:mod:`lightning_ptq.core.distributed`); the processes start once the FP model
 is loaded and evaluated, and after calibration rank 0 alone evaluates, searches, exports, saves
 and reports (the others return an empty dict).

@@ -85,11 +85,11 @@ def calibrate(
 
     ``batches`` is any re-iterable of batches (a DataLoader, a list of tensors or of
     ``(images, targets)`` tuples); ``forward_fn(model, batch)`` runs a model on one. Under
-    ``torch.distributed`` (several ranks) every rank passes its own share of the batches
+    ``torch.distributed`` (several ranks) every rank passes its own share of every batch
     (:func:`lightning_ptq.core.distributed.shard`) and ``trainer_kwargs`` name the DDP strategy:
-    ranges are observed on ``init_batches`` batches over all ranks together and merged, block
-    reconstruction and learning average their gradients over the ranks, the held-out error is
-    the mean over every rank's held-out batches, and only rank 0 writes checkpoints. With
+    the ranges observed by all ranks are merged, block reconstruction and learning average their
+    gradients over the ranks, the held-out error is the mean over every rank's share, and only
+    rank 0 writes checkpoints. With
     ``checkpoint_dir``, the learning stage saves ``last.ckpt`` there and an interrupted call
     resumes from it. ``trainer_kwargs`` go to the Lightning Trainer of the learning stage
     (accelerator, devices, precision, progress bar). Returns the :class:`CalibrationReport`.
@@ -112,8 +112,7 @@ def calibrate(
     resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
     progress = (trainer_kwargs or {}).get("enable_progress_bar", True)
     if resume is None or not resume.exists():  # otherwise the checkpoint holds the result of 1 and 2
-        per_rank = -(-config.init_batches // distributed.world_size())  # about init_batches over all ranks
-        calibrate_ranges(qmodel, batches, per_rank, forward_fn, progress=progress)
+        calibrate_ranges(qmodel, batches, config.init_batches, forward_fn, progress=progress)
         if config.recon.steps > 0:
             reconstruct(qmodel, batches, forward_fn=forward_fn, checkpoint_dir=checkpoint_dir, progress=progress,
                         **asdict(config.recon))

@@ -37,7 +37,7 @@ SENTINEL = "lightning_ptq_quantized_by_"  # + the callback's class name: a buffe
 
 def _processes(trainer: L.Trainer) -> dict:
     """Settings that make the calibration Trainer run on the user's processes, when there are
-    several: every rank calibrates on its share of the batches and they average their gradients."""
+    several: every rank calibrates on its share of every batch and they average their gradients."""
     if distributed.world_size() == 1:
         return {}
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
@@ -199,7 +199,7 @@ class QuantizationCallback(Callback):
             raise RuntimeError(f"{type(self).__name__}: the model is quantized but not calibrated, and there is no "
                                f"float copy to calibrate it against (it was quantized before this callback saw it).")
         batches = [trainer.strategy.batch_to_device(b, pl_module.device)
-                   for b in distributed.shard(self._take(trainer), f"calibration batches of {type(self).__name__}")]
+                   for b in distributed.shard(self._take(trainer), f"{type(self).__name__}'s calibration batches")]
         checkpoint_dir = Path(trainer.default_root_dir) / "lightning_ptq_calibration" if self.resume else None
         inner = {"accelerator": trainer.accelerator, "precision": trainer.precision, "devices": 1,
                  "enable_progress_bar": trainer.progress_bar_callback is not None} | _processes(trainer)

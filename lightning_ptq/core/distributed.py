@@ -15,13 +15,14 @@ from torch import nn
 from torch import distributed as dist
 
 from .errors import ConfigError, UserError
+from .tree import batch_size
 
 # Settings that say how many processes run; pretraining and evaluation use one process.
 PROCESS_SETTINGS = ("strategy", "devices", "num_nodes")
 
 
-class TooFewBatchesError(UserError, ValueError):
-    """Fewer calibration batches than processes: some rank would calibrate on nothing."""
+class TooFewImagesError(UserError, ValueError):
+    """A calibration batch holds fewer images than there are processes: some rank would get none of it."""
 
 
 def active() -> bool:
@@ -86,15 +87,33 @@ def finish() -> None:
 
 
 def shard(batches: Sequence, what: str = "calibration batches") -> list:
-    """This rank's share of ``batches``: every ``world_size``-th one from its rank on."""
+    """This rank's share of ``batches``: of every batch, every ``world_size``-th image from its
+    rank on (and their targets), so that the ranks together see each batch as one process does,
+    each in a fraction of the time. A batch is a tensor, or a tuple / list / dict whose
+    per-image members (tensors, lists) are split alike; other members are kept whole."""
     world = world_size()
     if world == 1:
         return list(batches)
-    if len(batches) < world:
-        raise TooFewBatchesError(
-            f"{len(batches)} {what} for {world} processes: every process needs one at least. Calibrate on more "
-            f"images (calib.num_images) or run fewer processes (trainer.devices / trainer.num_nodes).")
-    return list(batches[rank()::world])
+    smallest = min((batch_size(b) for b in batches), default=0)
+    if smallest < world:
+        raise TooFewImagesError(
+            f"{what}: a batch of {smallest} image(s) for {world} processes, and every process needs one image of "
+            f"every batch at least. Use larger batches (calib.batch_size) or fewer processes (trainer.devices / "
+            f"trainer.num_nodes).")
+    return [_part(b, batch_size(b), rank(), world) for b in batches]
+
+
+def _part(obj, size: int, index: int, parts: int):
+    """``obj`` with each member of length ``size`` cut to its ``index``-th of ``parts`` strided share."""
+    if torch.is_tensor(obj) and obj.dim() and obj.shape[0] == size:
+        return obj[index::parts]
+    if isinstance(obj, dict):
+        return {k: _part(v, size, index, parts) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_part(o, size, index, parts) for o in obj)
+    if isinstance(obj, list):
+        return obj[index::parts] if len(obj) == size else [_part(o, size, index, parts) for o in obj]
+    return obj
 
 
 def mean_over_ranks(total: float, count: int) -> float:

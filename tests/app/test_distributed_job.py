@@ -18,7 +18,7 @@ from lightning_ptq.core.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 
-# 16 calibration images in batches of 4: two batches per process.
+# 16 calibration images in batches of 4: every process gets two images of each.
 TINY = [
     "+recipe=yolo_w4a4", "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
     "data.generator_kwargs={splits: {train: 16, calib: 16, val: 8, test: 8}}",
@@ -48,7 +48,7 @@ def test_two_processes_calibrate_one_model_and_rank_zero_writes_the_run(cache_di
     assert results["calib.ranks"] == 2
     assert results["calib.rank_difference"] == 0.0  # ranges, block reconstruction and learning agree
     assert results["calib.kept"] == "learned"
-    assert results["calib_images"] == 16 and results["calib.holdout_images"] == 8  # one batch held out per rank
+    assert results["calib_images"] == 16 and results["calib.holdout_images"] == 4  # the last batch, 2 images per rank
     assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second process ran the same command
     assert len(list(tmp_path.rglob("results.json"))) == 1
 
@@ -74,13 +74,13 @@ def test_spawned_processes_are_refused_with_the_strategy_that_works():
         distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"})
 
 
-def test_fewer_calibration_batches_than_processes_is_named(cache_dir, tmp_path):
+def test_a_batch_smaller_than_the_number_of_processes_is_named(cache_dir, tmp_path):
     command = [sys.executable, "-m", "lightning_ptq", *TINY, f"cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}",
-               *TWO, "calib.num_images=4"]
+               *TWO, "calib.batch_size=1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 2
-    assert "TooFewBatchesError: 1 calibration batches for 2 processes" in done.stderr
-    assert "calib.num_images" in done.stderr
+    assert "TooFewImagesError: calibration batches: a batch of 1 image(s) for 2 processes" in done.stderr
+    assert "calib.batch_size" in done.stderr
 
 
 def test_one_process_settings_drop_what_starts_processes():
@@ -88,3 +88,15 @@ def test_one_process_settings_drop_what_starts_processes():
                                     "precision": "32-true"}) == {"accelerator": "cpu", "devices": 1,
                                                                  "precision": "32-true"}
     assert distributed.shard([1, 2, 3]) == [1, 2, 3]  # one process: every batch
+
+
+def test_a_rank_gets_its_share_of_every_image_and_target(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    images, boxes = torch.arange(4.0).view(4, 1), [{"id": i} for i in range(4)]
+    keypoints = {"points": torch.arange(4.0).view(2, 2), "stride": torch.tensor(8)}  # stride: not per image
+    (x, t), (y, k) = distributed.shard([(images, boxes), (images[:2], keypoints)])
+    assert x.tolist() == [[1.0], [3.0]] and t == [{"id": 1}, {"id": 3}]
+    assert y.tolist() == [[1.0]] and k["points"].tolist() == [[2.0, 3.0]] and int(k["stride"]) == 8
+    torchvision_batch = ([torch.zeros(3, 4, 4)] * 3, [{"id": i} for i in range(3)])
+    assert distributed.shard([torchvision_batch])[0][1] == [{"id": 1}]
