@@ -48,6 +48,14 @@ class Geometry:
     image_sizes: list[tuple[int, int]]
 
 
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 class TorchvisionDetector(nn.Module):
     """A stock torchvision one-stage detector seen as a Detector (see the module docstring).
     Subclasses say how scores and boxes come out of the head."""
@@ -55,6 +63,9 @@ class TorchvisionDetector(nn.Module):
     family = "torchvision"
     head_patterns = ("head.classification_head.*", "head.regression_head.*")
     output_keys: tuple[str, ...] = ("cls_logits", "bbox_regression")
+    # the head's modules that the view's forward and head_patterns rely on (torchvision's names)
+    head_modules: tuple[str, ...] = ("head.classification_head.conv", "head.classification_head.cls_logits",
+                                     "head.regression_head.conv", "head.regression_head.bbox_reg")
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -64,6 +75,12 @@ class TorchvisionDetector(nn.Module):
                 f"{type(model).__name__} does not have the layout of torchvision's one-stage detectors: it lacks "
                 f"{', '.join(missing)} (torchvision FCOS, RetinaNet and SSD have {', '.join(PARTS)}). Implement the "
                 f"Detector protocol (lightning_ptq.core.detector) for it instead.")
+        missing = [name for name in self.head_modules if not _has_submodule(model, name)]
+        if missing:
+            raise NotADetectorError(
+                f"{type(model).__name__}'s head is not laid out as torchvision's {type(model).__name__} head: it lacks "
+                f"the module(s) {', '.join(missing)} (expected: {', '.join(self.head_modules)}). A changed head "
+                f"needs a Detector of its own (lightning_ptq.core.detector; README, 'Your own detector').")
         self.transform, self.backbone = model.transform, model.backbone
         self.anchor_generator, self.head = model.anchor_generator, model.head
         self.box_coder, self.topk_candidates = model.box_coder, model.topk_candidates
@@ -144,6 +161,7 @@ class TorchvisionFCOS(TorchvisionDetector):
 
     family = "torchvision_fcos"
     output_keys = ("cls_logits", "bbox_regression", "bbox_ctrness")
+    head_modules = (*TorchvisionDetector.head_modules, "head.regression_head.bbox_ctrness")
 
     def decode_boxes(self, box_regression, anchors):
         return self.box_coder.decode(box_regression, anchors.expand(box_regression.shape[0], -1, -1))
@@ -171,6 +189,7 @@ class TorchvisionSSD(TorchvisionRetinaNet):
     the ranking-score logits are the logits of the foreground classes' softmax probabilities."""
 
     family = "torchvision_ssd"
+    head_modules = ("head.classification_head.module_list", "head.regression_head.module_list")
 
     def score_logits(self, outputs):
         return torch.logit(outputs["cls_logits"].float().softmax(-1)[..., 1:], eps=1e-6)

@@ -101,6 +101,20 @@ def test_what_is_not_a_detector_is_named():
         TorchvisionFCOS(torch_detector)
 
 
+def test_a_head_of_another_layout_names_the_missing_module():
+    model = _fcos()  # a user's FCOS whose regression head has no centerness branch
+    del model.head.regression_head.bbox_ctrness
+    with pytest.raises(NotADetectorError, match=r"FCOS's head is not laid out as torchvision's FCOS head: it lacks the "
+                                                r"module\(s\) head.regression_head.bbox_ctrness \(expected: .*\)\. A "
+                                                r"changed head needs a Detector of its own"):
+        detector_of(model)
+    model = _retinanet()
+    model.head.classification_head.logits = model.head.classification_head.cls_logits  # renamed
+    del model.head.classification_head.cls_logits
+    with pytest.raises(NotADetectorError, match=r"lacks the module\(s\) head.classification_head.cls_logits "):
+        detector_of(model)
+
+
 def test_ssdlite_detections_are_torchvisions_own():
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
