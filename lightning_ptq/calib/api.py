@@ -98,6 +98,22 @@ def calibrate(
     if not isinstance(config, CalibConfig):
         raise TypeError(f"calibrate: config must be a CalibConfig, got {type(config).__name__} "
                         f"(e.g. calibrate(fp, q, batches, CalibConfig(steps=100))).")
+    # The stages set their own requires_grad flags and train / eval modes on both models (and
+    # Lightning leaves what it fitted in train mode); the caller's come back afterwards, so that a
+    # test loop after the callbacks runs in eval mode and fine-tuning finds its weights trainable.
+    requires_grad = {p: p.requires_grad for model in (fp_model, qmodel) for p in model.parameters()}
+    modes = {m: m.training for model in (fp_model, qmodel) for m in model.modules()}
+    try:
+        return _calibrate(fp_model, qmodel, batches, config, loss, forward_fn, checkpoint_dir, trainer_kwargs)
+    finally:
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
+        for m, training in modes.items():
+            m.training = training
+
+
+def _calibrate(fp_model, qmodel, batches, config: CalibConfig, loss, forward_fn, checkpoint_dir,
+               trainer_kwargs) -> CalibrationReport:
     if not isinstance(batches, (list, tuple)) and iter(batches) is batches:
         batches = list(batches)  # a one-shot iterator cannot be cycled over several epochs
     if isinstance(batches, (list, tuple)):
@@ -121,8 +137,6 @@ def calibrate(
     if steps <= 0:
         return _with_rank_difference(report, qmodel)
     before = _state_before_learning(fp_model, qmodel, held, loss, forward_fn, checkpoint_dir)
-    # learning sets its own requires_grad flags on both models; the caller's come back afterwards
-    requires_grad = {p: p.requires_grad for model in (fp_model, qmodel) for p in model.parameters()}
     module = CalibrationModule(fp_model, qmodel, loss=loss, lr=config.lr, max_steps=steps, forward_fn=forward_fn,
                                failure_dir=checkpoint_dir, weight_lr=config.weight_lr)
     callbacks = []
@@ -142,8 +156,6 @@ def calibrate(
     finally:
         for h in hooks:
             h.remove()
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
         if hasattr(module.loss, "detach"):  # on_fit_end is skipped when fitting stops with an error
             module.loss.detach()
     if before is not None:

@@ -81,3 +81,15 @@ def test_learning_gives_back_the_callers_requires_grad_flags(weight_lr):
     assert {(i, name): p.requires_grad for i, model in enumerate((fp, qmodel))
             for name, p in model.named_parameters()} == flags
     assert flags[(0, "0.weight")] and flags[(1, "0.weight")] and not flags[(1, "0.bias")]
+
+
+def test_learning_gives_back_every_modules_train_or_eval_mode():
+    # Lightning leaves what it fitted in train mode: a user's test loop after the callback would
+    # then run dropout, batch statistics or a head's training branch
+    fp = tiny_net()
+    qmodel = quantize(fp, QuantConfig(w_bits=4, a_bits=4))
+    qmodel[1].train()  # whatever the caller set is what comes back
+    modes = [m.training for model in (fp, qmodel) for m in model.modules()]
+    calibrate(fp, qmodel, tiny_batches(), CalibConfig(steps=2), trainer_kwargs={"enable_progress_bar": False})
+    assert [m.training for model in (fp, qmodel) for m in model.modules()] == modes
+    assert not qmodel.training and qmodel[1].training
