@@ -125,7 +125,8 @@ def _calibrate(fp_model, qmodel, batches, config: CalibConfig, loss, forward_fn,
         count = min(len(items) - 1, max(1, round(len(items) * config.holdout))) if len(items) > 1 else 0
         if count:
             batches, held = BatchList(items[:-count]), items[-count:]
-    resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+    # only the learning stage resumes: without one, a last.ckpt left in checkpoint_dir is not this calibration's
+    resume = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir and steps > 0 else None
     progress = (trainer_kwargs or {}).get("enable_progress_bar", True)
     if resume is None or not resume.exists():  # otherwise the checkpoint holds the result of 1 and 2
         calibrate_ranges(qmodel, batches, config.init_batches, forward_fn, progress=progress)

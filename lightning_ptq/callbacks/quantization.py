@@ -8,8 +8,11 @@ the log-affine head quantizer and the filtered global loss for detectors.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import itertools
+import json
 import logging
 import shutil
 from collections.abc import Iterable
@@ -96,7 +99,8 @@ class QuantizationCallback(Callback):
             of a dict batch.
         loss: the distillation loss ``(student_out, teacher_out) -> (loss, parts)``; default:
             MSE over every output.
-        resume: keep the learning stage's checkpoints in ``<default_root_dir>/lightning_ptq_calibration``
+        resume: keep the learning stage's checkpoints in
+            ``<default_root_dir>/lightning_ptq_calibration/<callback>-<hash of its settings>``
             so that an interrupted calibration resumes (removed once it finished).
     """
 
@@ -200,7 +204,7 @@ class QuantizationCallback(Callback):
                                f"float copy to calibrate it against (it was quantized before this callback saw it).")
         batches = [trainer.strategy.batch_to_device(b, pl_module.device)
                    for b in distributed.shard(self._take(trainer), f"{type(self).__name__}'s calibration batches")]
-        checkpoint_dir = Path(trainer.default_root_dir) / "lightning_ptq_calibration" if self.resume else None
+        checkpoint_dir = self.checkpoint_dir(trainer) if self.resume else None
         inner = {"accelerator": trainer.accelerator, "precision": trainer.precision, "devices": 1,
                  "enable_progress_bar": trainer.progress_bar_callback is not None} | _processes(trainer)
         try:
@@ -214,7 +218,16 @@ class QuantizationCallback(Callback):
                      sum(map(batch_size, batches)), report)
         if checkpoint_dir is not None and distributed.rank() == 0:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only an interrupted calibration resumes
+            with contextlib.suppress(OSError):  # the parent goes too when no other calibration is pending there
+                checkpoint_dir.parent.rmdir()
         self._teacher = None
+
+    def checkpoint_dir(self, trainer: L.Trainer) -> Path:
+        """Where an interrupted calibration resumes from: one folder per callback class and
+        settings, so that a calibration never resumes from another one's checkpoint."""
+        settings = json.dumps([repr(self.config), repr(self.calib), self.num_images, self.submodule], sort_keys=True)
+        key = hashlib.sha256(settings.encode()).hexdigest()[:12]
+        return Path(trainer.default_root_dir) / "lightning_ptq_calibration" / f"{type(self).__name__}-{key}"
 
     def _take(self, trainer: L.Trainer) -> list:
         taken, seen = [], 0

@@ -39,3 +39,19 @@ def test_interrupted_calibration_resumes_to_the_same_result(tmp_path, monkeypatc
     resumed = _calibrate(model, tmp_path / "cut", weight_lr)
     for a, b in zip(resumed, reference):
         torch.testing.assert_close(a, b)
+
+
+def test_ranges_only_never_resume_from_a_checkpoint_left_in_the_folder(tmp_path):
+    # a learned calibration stopped here; a ranges-only one in the same folder once skipped its
+    # ranges for it and returned a model whose quantizers passed values through (test mAP = FP)
+    model = tiny_net()
+    _calibrate(model, tmp_path)  # leaves last.ckpt
+    assert (tmp_path / "last.ckpt").exists()
+    qmodel = quantize(model, QuantConfig(w_bits=4, a_bits=4))
+    calibrate(model, qmodel, tiny_batches(), CalibConfig(steps=0), checkpoint_dir=tmp_path)
+    reference = quantize(model, QuantConfig(w_bits=4, a_bits=4))
+    calibrate(model, reference, tiny_batches(), CalibConfig(steps=0))
+    for (name, a), b in zip(qmodel.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = tiny_batches()[0]
+    assert not torch.allclose(qmodel(x), model(x), atol=1e-3)  # quantized, not passed through

@@ -99,6 +99,15 @@ def test_the_callback_learns_scales_as_the_job_does(trained, tmp_path):
     assert not (tmp_path / "lightning_ptq_calibration").exists()  # the resume folder goes once calibrated
 
 
+def test_each_callback_setting_resumes_from_its_own_folder(tmp_path):
+    trainer = L.Trainer(default_root_dir=tmp_path)
+    ranges = QuantizationCallback({"w_bits": 4}, {"steps": 0}).checkpoint_dir(trainer)
+    learned = QuantizationCallback({"w_bits": 4}, {"steps": 10}).checkpoint_dir(trainer)
+    assert ranges.parent == learned.parent == tmp_path / "lightning_ptq_calibration"
+    assert ranges != learned and ranges.name.startswith("QuantizationCallback-")
+    assert QuantizationCallback({"w_bits": 4}, {"steps": 0}).checkpoint_dir(trainer) == ranges
+
+
 def test_fit_resume_and_test_from_checkpoint(trained, tmp_path):
     cfg = {"w_bits": 4, "a_bits": 8}
     model = _fresh(trained)
