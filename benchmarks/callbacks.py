@@ -7,7 +7,7 @@ models, calibration images, settings and seeds:
 * ``yolo``: the default YOLO at W4A4, the Hydra job (``+recipe=yolo_w4a4``) against
   ``RegPTQCallback()`` (whose defaults are that recipe's) in a LightningModule holding the same
   FP detector; both take the calib split's first 256 images and are evaluated by the same code.
-* ``fcos``: the stock torchvision FCOS of ``examples/torchvision_fcos_lightning.py`` (trained by
+* ``fcos``: the stock torchvision FCOS of ``examples/torchvision_lightning.py`` (trained by
   the example on the default data and cached), W4A4: ranges only (``QuantizationCallback``,
   ``steps=0``), the regression-aware method through ``RegPTQCallback`` and through the Python API
   (``quantize`` + ``calibrate`` with the filtered global loss) with the same settings, each tested
@@ -80,8 +80,8 @@ def yolo(seed: int, fresh: bool) -> dict:
 
 
 def _example():
-    path = ROOT / "examples" / "torchvision_fcos_lightning.py"
-    spec = importlib.util.spec_from_file_location("torchvision_fcos_lightning", path)
+    path = ROOT / "examples" / "torchvision_lightning.py"
+    spec = importlib.util.spec_from_file_location("torchvision_lightning", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # Lightning's checkpoint loading looks the class up by module name
     spec.loader.exec_module(module)
@@ -89,7 +89,8 @@ def _example():
 
 
 def fcos(seed: int, example, data: Path) -> dict:
-    args = argparse.Namespace(data=str(data), out=str(RUNS / "fcos"), epochs=8, image_size=128, train_images=None,
+    args = argparse.Namespace(data=str(data), out=str(RUNS / "fcos"), arch="fcos", epochs=8, image_size=128,
+                              train_images=None,
                               test_images=None)  # the example's defaults
     Path(args.out).mkdir(parents=True, exist_ok=True)
     checkpoint = example.trained(args)

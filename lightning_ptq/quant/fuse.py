@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from .fold import check_same_outputs, model_outputs
+from .fold import check_pairs, keep_first, model_outputs, record_pairs
 
 # Element-wise activations without parameters (a PReLU's weight would change the state_dict).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.Hardtanh)
@@ -87,6 +87,24 @@ def _called_more_than_once(model: nn.Module, example_input: torch.Tensor, names:
     return {n for n, c in calls.items() if c > 1}
 
 
+def _applied_to_their_conv(model: nn.Module, example_input, units: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The units whose activation, in forward, takes its conv's output: registered after a conv
+    is not applied after it (torchvision's SqueezeExcitation registers fc1, fc2, activation and
+    applies the activation between fc1 and fc2)."""
+    modules = dict(model.named_modules())
+    conv_out, act_in, hooks = {}, {}, []
+    for unit in units:
+        hooks.append(modules[unit[0]].register_forward_hook(lambda m, args, out, k=unit: keep_first(conv_out, k, out)))
+        hooks.append(modules[unit[1]].register_forward_pre_hook(lambda m, args, k=unit: keep_first(act_in, k, args[0])))
+    try:
+        model_outputs(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [u for u in units if u in conv_out and u in act_in and conv_out[u].shape == act_in[u].shape
+            and torch.equal(conv_out[u], act_in[u])]
+
+
 def fuse_activations(model: nn.Module, example_input: torch.Tensor | None = None,
                      atol: float = 1e-5) -> list[tuple[str, str]]:
     """Fuse every conv + activation unit of ``model`` in place (after BN folding); returns the
@@ -96,15 +114,14 @@ def fuse_activations(model: nn.Module, example_input: torch.Tensor | None = None
     _unshare(model, units)
     if example_input is not None:
         shared = _called_more_than_once(model, example_input, {a for _, a in units})
-        units = [(c, a) for c, a in units if a not in shared]
-        reference = model_outputs(model, example_input)
+        units = _applied_to_their_conv(model, example_input, [(c, a) for c, a in units if a not in shared])
+    recorded = record_pairs(model, example_input, units) if example_input is not None else {}
     modules = dict(model.named_modules())
     for conv_name, act_name in units:
         for name, new in ((conv_name, FusedConv2d.from_conv(modules[conv_name], modules[act_name])),
                           (act_name, nn.Identity())):
             parent_name, _, child = name.rpartition(".")
             setattr(modules[parent_name] if parent_name else model, child, new)
-    if example_input is not None:
-        check_same_outputs(reference, model, example_input, atol, "fusing activations",
-                           f"one of {units} is not applied right after its conv in forward. Set quant.fuse_act=false.")
+    check_pairs(model, recorded, atol, "fusing activations",
+                "is not applied as conv -> activation in forward. Set quant.fuse_act=false.")
     return units

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from lightning_ptq.quant import QuantConfig, fold_batchnorm, quantize, quantized_layers
 from lightning_ptq.quant.fuse import FusedConv2d, find_conv_act_units, fuse_activations
@@ -76,7 +77,7 @@ def test_quantized_unit_applies_its_activation_and_dequantizes_back():
     torch.testing.assert_close(q(x), ref)
 
 
-def test_fusion_that_changes_the_output_is_refused():
+def test_an_activation_registered_after_a_conv_but_not_applied_to_it_is_not_fused():
     class Wrong(nn.Module):  # registers conv, act but applies the act before the conv
         def __init__(self):
             super().__init__()
@@ -86,5 +87,18 @@ def test_fusion_that_changes_the_output_is_refused():
         def forward(self, x):
             return self.conv(self.act(x))
 
-    with pytest.raises(RuntimeError, match="fusing activations changed the model output.*fuse_act=false"):
-        fuse_activations(Wrong(), torch.randn(1, 2, 4, 4))
+    x = torch.randn(1, 2, 4, 4)
+    model = Wrong()
+    reference = model(x)
+    assert fuse_activations(model, x) == [] and isinstance(model.act, nn.ReLU)
+    torch.testing.assert_close(model(x), reference)
+    # torchvision's squeeze-excitation registers fc1, fc2, activation and applies the activation
+    # between fc1 and fc2 (MobileNetV3, SSDlite): fc1 + activation is not a unit by child order,
+    # fc2 + activation is one by child order but not in forward
+    torch.manual_seed(0)
+    se = nn.Sequential(nn.Conv2d(4, 8, 1), SqueezeExcitation(8, 4)).eval()
+    x = torch.randn(2, 4, 5, 5)
+    reference = se(x)
+    assert ("1.fc2", "1.activation") in find_conv_act_units(se)
+    assert ("1.fc2", "1.activation") not in fuse_activations(se, x)
+    torch.testing.assert_close(se(x), reference)

@@ -1,9 +1,10 @@
-"""A Lightning project as its authors would write it: a stock torchvision FCOS (ResNet-18 FPN, no
-pretrained weights) trained on a COCO-format folder and evaluated with torchmetrics. Quantizing it
-to W4A4, detection head included, takes the lines marked ``# lightning_ptq``: one callback in the
-Trainer that tests it.
+"""A Lightning project as its authors would write it: a stock torchvision detector (FCOS or
+RetinaNet on a ResNet-18 FPN, or SSDlite320 on MobileNetV3-Large; no pretrained weights) trained on
+a COCO-format folder and evaluated with torchmetrics. Quantizing it to W4A4, detection head
+included, takes the lines marked ``# lightning_ptq``: one callback in the Trainer that tests it.
 
-    python examples/torchvision_fcos_lightning.py --data ~/.cache/lightning_ptq/data/shapes
+    python examples/torchvision_lightning.py --data ~/.cache/lightning_ptq/data/shapes
+    python examples/torchvision_lightning.py --data ~/.cache/lightning_ptq/data/shapes --arch retinanet
 
 (``--data``: a folder with ``images/<split>/`` and ``annotations/instances_<split>.json`` for the
 splits train, calib, val and test, such as the default data ``python -m lightning_ptq`` generates.)
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.datasets import CocoDetection
 from torchvision.models import resnet18
-from torchvision.models.detection import FCOS
+from torchvision.models.detection import FCOS, RetinaNet, ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.transforms.functional import pil_to_tensor
@@ -53,13 +54,22 @@ def loader(root: str, split: str, batch_size: int, shuffle: bool = False, limit:
     return DataLoader(dataset, batch_size, shuffle=shuffle, collate_fn=collate)
 
 
+def build(arch: str, num_classes: int, image_size: int):
+    """torchvision's detector ``arch``; class 0 is unused (COCO ids start at 1; SSD's background)."""
+    if arch == "ssdlite":  # torchvision resizes every image to 320 x 320
+        return ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes,
+                                             score_thresh=0.05)
+    backbone = BackboneWithFPN(resnet18(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"},
+                               [128, 256, 512], 64, extra_blocks=LastLevelP6P7(64, 64))
+    detector = {"fcos": FCOS, "retinanet": RetinaNet}[arch]
+    return detector(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05)
+
+
 class Detector(L.LightningModule):
-    def __init__(self, num_classes: int, image_size: int = 128, lr: float = 2e-3):
+    def __init__(self, num_classes: int, arch: str = "fcos", image_size: int = 128, lr: float = 2e-3):
         super().__init__()
         self.save_hyperparameters()
-        backbone = BackboneWithFPN(resnet18(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"},
-                                   [128, 256, 512], 64, extra_blocks=LastLevelP6P7(64, 64))
-        self.model = FCOS(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05)
+        self.model = build(arch, num_classes, image_size)
         self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
 
     def training_step(self, batch, batch_idx):
@@ -101,7 +111,7 @@ def trained(args) -> Path:
         return path
     categories = json.loads(Path(args.data, "annotations", "instances_train.json").read_text())["categories"]
     torch.manual_seed(0)
-    model = Detector(num_classes=max(c["id"] for c in categories) + 1, image_size=args.image_size)
+    model = Detector(num_classes=max(c["id"] for c in categories) + 1, arch=args.arch, image_size=args.image_size)
     trainer = L.Trainer(max_epochs=args.epochs, default_root_dir=args.out, logger=False, enable_checkpointing=False)
     trainer.fit(model, loader(args.data, "train", 16, shuffle=True, limit=args.train_images))
     trainer.save_checkpoint(path)
@@ -117,13 +127,15 @@ def test_map(checkpoint: Path, args, callbacks=()) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="COCO-format folder (images/<split>, annotations/instances_<split>.json)")
-    parser.add_argument("--out", default="runs/torchvision_fcos")
+    parser.add_argument("--arch", default="fcos", choices=["fcos", "retinanet", "ssdlite"])
+    parser.add_argument("--out", default=None, help="default: runs/torchvision_<arch>")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--train-images", type=int, default=None, help="use only this many training images")
     parser.add_argument("--test-images", type=int, default=None, help="test on only this many images")
     parser.add_argument("--steps", type=int, default=200, help="calibration steps")
     args = parser.parse_args(argv)
+    args.out = args.out or f"runs/torchvision_{args.arch}"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     checkpoint = trained(args)
     calib_images = loader(args.data, "calib", 16)  # lightning_ptq: the images to calibrate on
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         # lightning_ptq: W4A4, every conv (head included), ranges only
         "w4a4_ranges": test_map(checkpoint, args, [QuantizationCallback(
             {"w_bits": 4, "a_bits": 4}, {"steps": 0}, calib_dataloader=calib_images, submodule="model")]),
-        # lightning_ptq: W4A4 with the regression-aware method (FCOS heads: no weight tuning)
+        # lightning_ptq: W4A4 with the regression-aware method (torchvision heads: no weight tuning)
         "w4a4_reg_ptq": test_map(checkpoint, args, [RegPTQCallback(
             {"w_bits": 4, "a_bits": 4}, {"steps": args.steps, "weight_lr": 0.0}, calib_dataloader=calib_images,
             submodule="model")]),
