@@ -90,8 +90,7 @@ def _example():
 
 def fcos(seed: int, example, data: Path) -> dict:
     args = argparse.Namespace(data=str(data), out=str(RUNS / "fcos"), arch="fcos", epochs=8, image_size=128,
-                              train_images=None,
-                              test_images=None)  # the example's defaults
+                              train_images=None, test_images=None)  # the example's defaults
     Path(args.out).mkdir(parents=True, exist_ok=True)
     checkpoint = example.trained(args)
     calib_loader = example.loader(args.data, "calib", 16)
