@@ -53,6 +53,7 @@ def test_two_processes_calibrate_one_model_and_rank_zero_writes_the_run(cache_di
     assert len(list(tmp_path.rglob("results.json"))) == 1
 
 
+@pytest.mark.slow  # three jobs of two processes and one (about a minute on 2 CPU cores)
 def test_ranges_on_two_processes_are_those_of_one(cache_dir, tmp_path):
     same = ["calib.steps=0", "quant.a_init=minmax"]
     _job(cache_dir, tmp_path / "one", *same)

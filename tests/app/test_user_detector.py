@@ -87,6 +87,7 @@ OVERRIDES = [
 ]
 
 
+@pytest.mark.slow  # pretrains the detector for 12 epochs (about 1.5 min on 2 CPU cores)
 def test_a_detector_unknown_to_the_package_runs_through_the_whole_job(tmp_path):
     cfg = compose_config(["+recipe=yolo_w8a8", f"cache_dir={tmp_path / 'cache'}", *OVERRIDES,
                           "quant.laq_patterns=[@head]"])

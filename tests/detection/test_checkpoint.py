@@ -26,7 +26,9 @@ def test_round_trip_gives_the_same_outputs(model, tmp_path):
 @pytest.mark.parametrize("prefix", ["", "model."])
 def test_bare_and_lightning_state_dicts_load(model, tmp_path, prefix):
     state = {prefix + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state} if prefix else state, tmp_path / "user.pt")
+    # a Lightning checkpoint of a module holding the detector as .model (as Trainer.save_checkpoint writes it)
+    lightning = {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 3}
+    torch.save(lightning if prefix else state, tmp_path / "user.pt")
     loaded = load_detector(tmp_path / "user.pt", 3, 64, KWARGS).eval()
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x)["cls"], model(x)["cls"])
