@@ -1,5 +1,5 @@
-"""Calibration on several processes (Lightning's DDP): start them, give each its share of the
-calibration batches, and agree on every number that decides something.
+"""Calibration on several processes (Lightning's DDP): start them, give each its share of every
+calibration batch, and agree on every number that decides something.
 
 The job starts its processes with Lightning Fabric's launcher, the one Lightning's Trainer uses:
 ``trainer.strategy=ddp trainer.devices=N`` re-runs the same command once per extra device
@@ -17,7 +17,7 @@ from torch import distributed as dist
 from .errors import ConfigError, UserError
 from .tree import batch_size
 
-# Settings that say how many processes run; pretraining and evaluation use one process.
+# Settings that say how many processes run; pretraining uses one process.
 PROCESS_SETTINGS = ("strategy", "devices", "num_nodes")
 
 
@@ -44,8 +44,8 @@ def _device() -> torch.device:
 
 
 def one_process(trainer: Mapping) -> dict:
-    """``trainer`` settings for work that runs in one process (pretraining the default model,
-    evaluation): the strategy, device count and node count left out."""
+    """``trainer`` settings for work that runs in one process (pretraining the default model): the
+    strategy and node count left out, one device."""
     settings = {k: v for k, v in trainer.items() if k not in PROCESS_SETTINGS}
     if "devices" in trainer:
         settings["devices"] = 1
@@ -90,7 +90,9 @@ def shard(batches: Sequence, what: str = "calibration batches") -> list:
     """This rank's share of ``batches``: of every batch, every ``world_size``-th image from its
     rank on (and their targets), so that the ranks together see each batch as one process does,
     each in a fraction of the time. A batch is a tensor, or a tuple / list / dict whose
-    per-image members (tensors, lists) are split alike; other members are kept whole."""
+    per-image members (tensors and lists as long as the batch) are split alike; other members are
+    kept whole. Calibration reads only the images; the targets travel along (a per-box member that
+    happens to be as long as the batch is split too, which calibration never notices)."""
     world = world_size()
     if world == 1:
         return list(batches)
