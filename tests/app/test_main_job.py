@@ -67,6 +67,7 @@ def test_second_run_reuses_the_cached_detector(first_run, cache_dir, tmp_path):
     assert again["fp.map"] == pytest.approx(results["fp.map"])  # same FP model, same test split
 
 
+@pytest.mark.slow  # exports and runs onnxruntime and OpenVINO at three settings (half a minute and more)
 def test_reexport_of_a_finished_run_measures_the_runtimes(first_run, cache_dir, tmp_path):
     """calib.quantized_state loads the saved calibrated model (no calibration) and export=all
     writes model.onnx and the runtimes' and the integer executor's numbers next to the simulation's."""
