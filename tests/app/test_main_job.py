@@ -255,6 +255,7 @@ def test_cli_prints_one_paragraph_without_traceback(cache_dir, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # two jobs through Hydra's launcher; tests/app/test_collect.py runs a tiny sweep in the default run
 def test_multirun_sweep_writes_one_result_per_job(cache_dir, first_run, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_ptq", "-m", "+recipe=yolo_w4a4", "quant.w_bits=4,8", f"cache_dir={cache_dir}",
