@@ -2,9 +2,7 @@
 torchvision detector (FCOS, RetinaNet, SSDlite): on a tiny dataset by default (it trains, tests, and
 tests two quantized copies through the callbacks), and in full (FCOS) as the slow test that holds
 it to the issue's numbers."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from torch import nn
@@ -14,14 +12,11 @@ from lightning_ptq.calib import FilteredGlobalLoss
 from lightning_ptq.detection import generate_detection_dataset
 from lightning_ptq.quant import quantized_layers
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "torchvision_lightning.py"
+from example_files import load_example
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("torchvision_lightning", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("torchvision_lightning")
 
 
 # RetinaNet and SSDlite take a minute each on 2 CPU cores (SSDlite resizes to 320 px); FCOS stays in the default run

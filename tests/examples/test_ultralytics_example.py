@@ -2,9 +2,7 @@
 written on a tiny dataset: it trains, tests, and tests two quantized copies through the callbacks
 (every conv but the DFL integral quantized, the head's with the log-affine quantizer under the
 filtered global loss)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from torch import nn
@@ -16,14 +14,11 @@ from lightning_ptq.calib import FilteredGlobalLoss  # noqa: E402
 from lightning_ptq.detection import generate_detection_dataset  # noqa: E402
 from lightning_ptq.quant import quantized_layers  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ultralytics_yolo_lightning.py"
+from example_files import load_example  # noqa: E402
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("ultralytics_yolo_lightning", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("ultralytics_yolo_lightning")
 
 
 def test_the_example_runs_and_its_callbacks_quantize_and_calibrate(tmp_path, monkeypatch):
