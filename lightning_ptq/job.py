@@ -4,8 +4,9 @@
 With ``trainer.strategy=ddp trainer.devices=N`` (or ``trainer.num_nodes``, under torchrun or
 SLURM) calibration runs on N processes, each on its share of every calibration batch, all ending
 with the same model (:mod:`lightning_ptq.core.distributed`); the processes start once the FP model
-is loaded and evaluated, and after calibration rank 0 alone evaluates, searches, exports, saves
-and reports (the others return an empty dict).
+is loaded and evaluated. The per-layer search runs on all of them, each evaluating its share of
+every round of candidates; the rest (test evaluation, export, saving, the report) is rank 0's
+alone (the others return an empty dict).
 
 ``run_job(cfg, run_dir)`` does it once for every kind of model and returns the results dict; what
 differs between detectors, keypoint models and classifiers comes from the :class:`Task` that
@@ -90,16 +91,18 @@ def run_job(cfg: DictConfig, run_dir: str | Path) -> dict:
             fp_model, qcfg, distributed.shard(batches), calib, cfg.trainer, logger,
             checkpoint_dir=run_dir / "calib_ckpt" if calib.resume else None,
         )
-    if ranks > 1:
-        rank = distributed.rank()
-        distributed.finish()
-        if rank != 0:
-            return {}
-    quant = task.evaluate(qmodel)
-    search_numbers = {}
-    if search is not None:
+    main = distributed.rank() == 0
+    quant = task.evaluate(qmodel) if main else {}
+    result = None
+    if search is not None:  # on every rank: they share its evaluations
         result = run_search(search, calib.weight_lr, run_dir, qmodel, batches, validate, task.metric_label,
-                            progress=cfg.trainer.enable_progress_bar, logger=logger)
+                            progress=cfg.trainer.enable_progress_bar and main, logger=logger)
+    if ranks > 1:
+        distributed.finish()
+        if not main:
+            return {}
+    search_numbers = {}
+    if result is not None:
         searched = task.evaluate(qmodel)
         search_numbers = search_results(result, fp[task.metric], quant[task.metric], searched[task.metric])
         quant = searched  # the job's result is the searched model; search.test_start is the one before

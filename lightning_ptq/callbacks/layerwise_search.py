@@ -3,7 +3,8 @@ validation metric, the one their LightningModule logs in ``validation_step``."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torchmetrics import Metric
 
 from ..calib.api import BatchList
 from ..calib.observe import ForwardFn, default_forward
@@ -18,6 +20,22 @@ from ..quant.swap import quantized_layers
 from ..search.layerwise import SearchConfig, SearchResult, search_layers
 from ..search.report import write_search_report
 from .quantization import calibration_source
+
+
+@contextmanager
+def metrics_of_this_process(module: nn.Module) -> Iterator[None]:
+    """Every torchmetrics ``Metric`` in ``module`` computes on this process's updates alone while
+    inside: under DDP the ranks evaluate different candidates at once, and a metric that gathered
+    across them would mix the candidates (or wait for a rank that computes nothing)."""
+    metrics = [m for m in module.modules() if isinstance(m, Metric)]
+    saved = [m.distributed_available_fn for m in metrics]
+    for m in metrics:
+        m.distributed_available_fn = lambda: False
+    try:
+        yield
+    finally:
+        for m, fn in zip(metrics, saved):
+            m.distributed_available_fn = fn
 
 
 class MetricNotLoggedError(KeyError):
@@ -35,6 +53,8 @@ class LayerwiseSearch(Callback):
 
     Each evaluation runs the module's own validation loop (``validation_step`` and its
     ``self.log`` calls) on the validation batches, held in memory, with a quiet inner Trainer.
+    Under DDP every rank searches, each evaluating its share of every round of candidates on its
+    whole validation set, and all make the same choices; rank 0 writes the report.
 
     Args:
         monitor: the logged metric to optimise, e.g. ``"val/acc"``.
@@ -85,10 +105,12 @@ class LayerwiseSearch(Callback):
                 )
             return float(metrics[self.monitor])
 
-        self.result = search_layers(target, calib, evaluate, self.config,
-                                    forward_fn=lambda _, batch: self.forward_fn(target, batch),
-                                    progress=trainer.progress_bar_callback is not None)
-        self._report(trainer, target)
+        with metrics_of_this_process(pl_module):  # under DDP the ranks share the evaluations
+            self.result = search_layers(target, calib, evaluate, self.config,
+                                        forward_fn=lambda _, batch: self.forward_fn(target, batch),
+                                        progress=trainer.progress_bar_callback is not None and trainer.is_global_zero)
+        if trainer.is_global_zero:
+            self._report(trainer, target)
 
     def _val_batches(self, trainer: L.Trainer) -> Iterable:
         if self.val_dataloader is not None:

@@ -8,7 +8,7 @@ already exist and only join. Everything here is a no-op in a single process.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -134,6 +134,32 @@ def sum_over_ranks(count: int) -> int:
     total = torch.tensor(count, dtype=torch.int64, device=_device())
     dist.all_reduce(total)
     return int(total)
+
+
+def spread(count: int, fn: Callable[[int], float]) -> list[float]:
+    """``[fn(0), ..., fn(count - 1)]`` with the ranks taking turns: rank ``r`` computes the
+    ``i`` with ``i % world_size == r`` and every rank gets every value (a value is exact: each
+    entry is summed with zeros). Every rank must call it with the same ``count``."""
+    values = torch.zeros(count, dtype=torch.float64)
+    for i in range(rank(), count, world_size()):
+        values[i] = fn(i)
+    if active():
+        values = values.to(_device())
+        dist.all_reduce(values)
+    return values.cpu().tolist()
+
+
+def from_rank_zero(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` as rank 0 holds them, on every rank (each rank must hold the same names and
+    shapes; the values may differ, e.g. random subsamples)."""
+    if not active():
+        return dict(tensors)
+    out = {}
+    for name, value in tensors.items():
+        shared = value.detach().to(_device(), copy=True).contiguous()
+        dist.broadcast(shared, src=0)
+        out[name] = shared.to(value.device)
+    return out
 
 
 def average_gradients(params: Iterable[torch.Tensor]) -> None:

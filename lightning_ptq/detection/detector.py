@@ -91,16 +91,19 @@ def detect(model: nn.Module, images: torch.Tensor, conf_thr: float = 0.001, iou_
     return model.postprocess(outputs, conf_thr=conf_thr, iou_thr=iou_thr, max_det=max_det)
 
 
-def map_metric() -> MeanAveragePrecision:
-    """COCO box mAP as torchmetrics computes it with the pycocotools backend."""
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+def map_metric(sync: bool = True) -> MeanAveragePrecision:
+    """COCO box mAP as torchmetrics computes it with the pycocotools backend; ``sync=False``: on
+    this process's detections alone, even under DDP."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", sync_on_compute=sync)
 
 
 def evaluate_detections(model: nn.Module, loader, conf_thr: float = 0.001, iou_thr: float = 0.6,
                         max_det: int = 100, progress: bool = True) -> dict[str, float]:
     """COCO mAP of ``model`` on ``loader`` (batches of images and target dicts), computed by
-    torchmetrics (pycocotools backend): ``{"map", "map50", "map75", "map_small", ...}``."""
-    metric = map_metric()
+    torchmetrics (pycocotools backend): ``{"map", "map50", "map75", "map_small", ...}``. The
+    loader is the whole set: under DDP nothing is gathered from the other processes (which may be
+    evaluating another model, e.g. another candidate of the per-layer search)."""
+    metric = map_metric(sync=False)
     for images, targets in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         preds = detect(model, images, conf_thr, iou_thr, max_det)
         metric.update([{k: v.cpu() for k, v in p.items()} for p in preds],

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
+from ..core import distributed
 from ..core.errors import ConfigError
 from .balanced import balanced_split, random_split
 from .config import SearchJobConfig
@@ -52,14 +53,16 @@ def subset_batches(dataset: Dataset, indices: list[int], batch_size: int, collat
 
 def run_search(config: SearchJobConfig, weight_lr: float, run_dir: Path, qmodel, calib_batches: list, evaluator,
                metric: str, progress: bool = True, logger=None) -> SearchResult:
-    """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`).
+    """Search ``qmodel`` in place; write its report to ``run_dir`` (:func:`write_search_report`; under
+    DDP every rank searches, sharing the evaluations, and rank 0 writes).
     ``weight_lr``: the calibration's (tuned weights are not in the parameter file: a warning)."""
     if weight_lr > 0:
         log.warning("calib.weight_lr=%s tuned the weights, but layer_params.json holds bits and ranges only: "
                     "calib.layer_params=<file> would put the searched ranges on the original weights. Reload "
                     "this model from quantized_state_dict.pt, or search with calib.weight_lr=0.", weight_lr)
     result = search_layers(qmodel, calib_batches, evaluator, config, progress=progress)
-    write_search_report(result, qmodel, run_dir, config.threshold, f"validation {metric}", logger)
+    if distributed.rank() == 0:
+        write_search_report(result, qmodel, run_dir, config.threshold, f"validation {metric}", logger)
     return result
 
 

@@ -13,15 +13,19 @@ Starting from a quantized and calibrated model (every layer has its first parame
    relative to float) or a try budget is spent.
 
 The evaluator (:mod:`~lightning_ptq.search.evaluator`) decides what one evaluation costs;
-nothing here assumes a task. Test data never enters: report the test metric of the result
+nothing here assumes a task. Under DDP (every rank calling with the same model and data) the
+ranks share the evaluations: the sensitivities, and each round of as many candidates as there
+are ranks, taken in order as one process takes them, so every rank ends with the search one
+process makes. Test data never enters: report the test metric of the result
 next to the validation one to see how much the search fitted its validation set.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -29,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calib.observe import ForwardFn, default_forward
+from ..core import distributed
 from ..quant.laq import LogAffineQuantizer
 from ..quant.observer import SampleObserver
 from ..quant.quantizer import QuantizerBase, quantization_disabled
@@ -115,26 +120,52 @@ def _observe_inputs(model: nn.Module, layers: dict, batches: Iterable, forward_f
     finally:
         for h in hooks:
             h.remove()
-    return {name: obs.rows() for name, obs in observers.items()}
+    # the observers subsample at random: under DDP every rank takes rank 0's rows
+    return distributed.from_rank_zero({name: obs.rows() for name, obs in observers.items()})
 
 
 class _Budget:
-    """Counts evaluations against the per-layer and total limits."""
+    """Evaluates candidates and counts the evaluations against the per-layer and total limits.
+
+    Under DDP the ranks share each round of candidates (:func:`~lightning_ptq.core.distributed.spread`);
+    a round is replayed in order as one process would have tried it, so the decisions, and the
+    counts that decide when to stop, are those of one process. Evaluations a round made that the
+    replay did not reach are counted apart (``discarded``)."""
 
     def __init__(self, evaluate, sign: float, total: int) -> None:
-        self.evaluate, self.sign, self.total, self.used, self.layer_used = evaluate, sign, total, 0, 0
+        self.evaluate, self.sign, self.total = evaluate, sign, total
+        self.used = self.layer_used = self.discarded = 0
+
+    def scores(self, model, trials: list[tuple[str | None, Callable[[], None]]]) -> list[float]:
+        """The signed metric after each of ``trials``, ``(changed layer, a function that puts the
+        candidate in place)``; not counted."""
+        def run(i: int) -> float:
+            changed, apply = trials[i]
+            apply()
+            return float(self.evaluate(model, changed))
+
+        values = distributed.spread(len(trials), run)
+        for value, (changed, _) in zip(values, trials):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the validation metric is {value} after changing layer {changed!r}: check "
+                                         f"the evaluator and the model's outputs on the validation set.")
+        return [self.sign * v for v in values]
 
     def score(self, model, changed) -> float:
-        self.used += 1
-        self.layer_used += 1
-        value = self.evaluate(model, changed)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"the validation metric is {value} after changing layer {changed!r}: check the "
-                                     f"evaluator and the model's outputs on the validation set.")
-        return self.sign * value
+        """The signed metric of the model as it is, counted as one evaluation."""
+        self.spend(1)
+        return self.scores(model, [(changed, lambda: None)])[0]
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        self.layer_used += count
+
+    def room(self, per_layer: int) -> int:
+        """How many more evaluations the limits allow for this layer."""
+        return max(min(self.total - self.used, per_layer - self.layer_used), 0)
 
     def left(self, per_layer: int) -> bool:
-        return self.used < self.total and self.layer_used < per_layer
+        return self.room(per_layer) > 0
 
 
 def search_layers(
@@ -178,15 +209,24 @@ def _search(qmodel, layers: dict, calib_batches, evaluator, cfg: SearchConfig, s
     start = time.perf_counter()
     _set_active(layers, set())
     fp_score = sign * evaluator.reset(qmodel)
-    records = {}
-    for name, layer in tqdm(layers.items(), desc="sensitivity", disable=not progress, leave=False):
-        _set_active(layers, {name})
-        records[name] = LayerRecord(
-            name, sensitivity=fp_score - budget.score(qmodel, name), first=f"w:{_describe(layer.weight_quant)} "
-            f"a:{_describe(layer.input_quant)}", w_bits=layer.weight_quant.bits, a_bits=layer.input_quant.bits,
-            weight_count=layer.weight.numel())
-    sensitivity_evals, sensitivity_seconds = budget.used + 1, time.perf_counter() - start
-    budget.used = 0
+    names = list(layers)
+    bar = tqdm(total=len(range(distributed.rank(), len(names), distributed.world_size())), desc="sensitivity",
+               disable=not progress, leave=False)
+
+    def quantize_only(name: str):
+        def apply() -> None:
+            _set_active(layers, {name})
+            bar.update()
+        return name, apply
+
+    probes = budget.scores(qmodel, [quantize_only(name) for name in names])
+    bar.close()
+    records = {
+        name: LayerRecord(name, sensitivity=fp_score - probe, first=f"w:{_describe(layer.weight_quant)} "
+                          f"a:{_describe(layer.input_quant)}", w_bits=layer.weight_quant.bits,
+                          a_bits=layer.input_quant.bits, weight_count=layer.weight.numel())
+        for (name, layer), probe in zip(layers.items(), probes)}
+    sensitivity_evals, sensitivity_seconds = len(names) + 1, time.perf_counter() - start
 
     # 2. search on the fully quantized model, most sensitive target first
     start = time.perf_counter()
@@ -213,7 +253,7 @@ def _search(qmodel, layers: dict, calib_batches, evaluator, cfg: SearchConfig, s
     result = SearchResult(
         fp_metric=sign * fp_score, start_metric=sign * start_score, final_metric=sign * score, goal=sign * goal,
         reached=score >= goal, layers=list(records.values()),
-        evaluations={"sensitivity": sensitivity_evals, "search": budget.used + 1},
+        evaluations={"sensitivity": sensitivity_evals, "search": budget.used + 1, "discarded": budget.discarded},
         seconds={"sensitivity": sensitivity_seconds, "search": time.perf_counter() - start},
     )
     if not result.reached:
@@ -250,29 +290,52 @@ def _search_layer(model, layer, record: LayerRecord, rows: torch.Tensor, score: 
         built = "laq" if isinstance(old[side], LogAffineQuantizer) else old[side].init
         return build_quantizer(old[side], built if method == "first" else method, bits, sources[side]), method
 
-    def try_candidate(c: Candidate) -> None:
-        (w, w_method), (a, a_method) = quantizer_for("weight", c.w, c.w_bits), quantizer_for("input", c.a, c.a_bits)
-        layer.weight_quant, layer.input_quant = w, a
-        s = budget.score(model, name)
-        if s > best["score"] + cfg.tolerance:
-            best.update(score=s, weight=w, input=a, weight_method=w_method, input_method=a_method)
+    def try_round(candidates: list[Candidate], stop: Callable[[], bool]) -> int:
+        """Evaluate the next candidates (as many as there are ranks, within the budget) at once,
+        then take them in order as one process would: a candidate replaces the best when it gains
+        more than ``tolerance``. Returns how many were taken; the rest of the round is discarded
+        when ``stop()`` holds, or when a change of the best alters what a later candidate would
+        have been (one built on the best of the side that changed)."""
+        batch = candidates[:min(distributed.world_size(), budget.room(cfg.max_tries_per_layer))]
+        built = [(quantizer_for("weight", c.w, c.w_bits), quantizer_for("input", c.a, c.a_bits)) for c in batch]
+
+        def put(w: QuantizerBase, a: QuantizerBase):
+            def apply() -> None:
+                layer.weight_quant, layer.input_quant = w, a
+            return name, apply
+
+        scores = budget.scores(model, [put(w, a) for (w, _), (a, _) in built])
+        taken = 0
+        for c, ((w, w_method), (a, a_method)), s in zip(batch, built, scores):
+            taken += 1
+            before = best["weight"], best["input"]
+            if s > best["score"] + cfg.tolerance:
+                best.update(score=s, weight=w, input=a, weight_method=w_method, input_method=a_method)
+            changed = {"w": best["weight"] is not before[0], "a": best["input"] is not before[1]}
+            rest = batch[taken:]
+            if stop() or any(changed[side] and getattr(later, side) == "best" for later in rest for side in "wa"):
+                break
         layer.weight_quant, layer.input_quant = best["weight"], best["input"]
+        budget.spend(taken)
+        budget.discarded += len(batch) - taken
+        return taken
+
+    def run_phase(candidates: list[Candidate], stop: Callable[[], bool] = lambda: False) -> None:
+        while candidates and not stop() and budget.left(cfg.max_tries_per_layer):
+            candidates = candidates[try_round(candidates, stop):]
 
     act_phase, weight_phase, bits_phase = candidates_for(old["weight"], old["input"], cfg.percentiles,
                                                          cfg.clip_ratios, cfg.more_bits, cfg.allow_float)
     chose_float = False
     if score < layer_goal:
-        for c in act_phase + weight_phase:
-            if not budget.left(cfg.max_tries_per_layer):
-                break
-            try_candidate(c)
-        for c in bits_phase:
-            if best["score"] >= layer_goal or not budget.left(cfg.max_tries_per_layer):
-                break
-            if c.float_:
-                chose_float = float_score > best["score"] + cfg.tolerance
-                break
-            try_candidate(c)
+        # the weight candidates use the best input found, so each phase's rounds end at its end
+        run_phase(act_phase)
+        run_phase(weight_phase)
+        reached = lambda: best["score"] >= layer_goal  # noqa: E731
+        wider = list(itertools.takewhile(lambda c: not c.float_, bits_phase))
+        run_phase(wider, reached)
+        if len(wider) < len(bits_phase) and not reached() and budget.left(cfg.max_tries_per_layer):
+            chose_float = float_score > best["score"] + cfg.tolerance  # the float candidate: measured above
     record.tries = budget.layer_used
     if chose_float:
         set_submodule(model, name, layer.to_float())

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_ptq.core import distributed
+from lightning_ptq.core.cached_training import shipped_dir
 from lightning_ptq.core.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
@@ -63,6 +64,29 @@ def test_ranges_on_two_processes_are_those_of_one(cache_dir, tmp_path):
     for key in one:
         assert torch.equal(one[key], two[key]), key
     assert json.loads((tmp_path / "two" / "results.json").read_text())["calib.ranks"] == 2
+
+
+@pytest.mark.slow  # two classifier jobs, one of two processes (about a minute on 2 CPU cores)
+def test_the_search_on_two_processes_chooses_what_one_process_chooses(tmp_path):
+    # the shipped classifier with min / max ranges only: both processes start from the model of one
+    shipped = next(shipped_dir().glob("classifier-*.pt"))
+    search = ["+recipe=classifier_w4a4_search", "logger=none", "trainer.enable_progress_bar=false",
+              "trainer.accelerator=cpu", "data.generator_kwargs={splits: {train: 60, pool: 100, test: 40}}",
+              f"model.checkpoint={shipped}", "calib.batch_size=16", "quant.a_init=minmax", "num_threads=1",
+              f"cache_dir={tmp_path / 'cache'}", "search.calib_per_class=2", "search.val_per_class=4",
+              "search.threshold=0.0", "search.max_drop=0.0", "search.max_evaluations=24"]
+    for run, processes in (("one", []), ("two", TWO)):
+        done = subprocess.run([sys.executable, "-m", "lightning_ptq", *search, *processes,
+                               f"hydra.run.dir={tmp_path / run}"], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "search.json").read_text()) for d in ("one", "two"))
+    assert [(r["name"], r["sensitivity"], r["chosen"], r["w_bits"], r["a_bits"], r["tries"]) for r in two["layers"]] \
+        == [(r["name"], r["sensitivity"], r["chosen"], r["w_bits"], r["a_bits"], r["tries"]) for r in one["layers"]]
+    assert sum(r["tries"] for r in one["layers"]) > 0  # candidates were tried, not only the sensitivities
+    assert (two["final_metric"], two["evaluations"]["search"]) == (one["final_metric"], one["evaluations"]["search"])
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["calib.ranks"] == 2 and results["search.val_final"] == two["final_metric"]
+    assert len(list((tmp_path / "two").rglob("search.json"))) == 1
 
 
 def test_a_sweep_cannot_start_processes():
