@@ -18,7 +18,7 @@ def test_recipes_exist():
     assert {"yolo_w4a4", "yolo_w4a8", "yolo_w8a8", "fcos_w4a4", "fcos_w4a8", "fcos_w8a8",
             "keypoint_w8a8", "keypoint_w4a4", "classifier_w4a4_search", "yolo_w4a4_search", "yolov8n_w4a4",
             "yolov8n_w8a8", "yolov8n_w4a8", "yolo11n_w4a4", "yolo11n_w4a8", "yolo11n_w8a8", "retinanet_w4a4", "retinanet_w8a8", "ssdlite_w4a4",
-            "ssdlite_w8a8"} <= set(recipe_names())
+            "ssdlite_w8a8", "retinanet_w4a8", "ssdlite_w4a8"} <= set(recipe_names())
 
 
 DATA_FOLDERS = {"keypoint": "keypoints", "classifier": "classes"}
