@@ -15,7 +15,7 @@ from lightning_ptq.search import SearchConfig, StagedEvaluator, search_layers
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 
-CONFIG = SearchConfig(threshold=0.001, max_drop=0.0)  # a goal it cannot reach: every target is searched
+CONFIG = SearchConfig(threshold=0.001, max_drop=0.0)  # goal: the float metric, so targets are searched
 
 
 class CountingEvaluator(StagedEvaluator):
@@ -32,7 +32,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
 
 
 def _search(qmodel, calib, val) -> dict:
