@@ -12,7 +12,10 @@ threads; speed is quoted as a ratio to the same runtime's FP32 export, timed in 
 ``QCDQ`` rows carry 4-bit codes in 8-bit types (``to_onnx(..., int4_types=False)``): OpenVINO
 2026.4 crashes on uint4 activations after a Concat, and onnxruntime has int8 but no int4 kernels.
 ``onnxruntime quantize_static`` is onnxruntime's INT8 QDQ quantizer (min/max calibration, per
-channel weights) on the same FP32 export and calibration images. Prints markdown, writes JSON.
+channel weights) and ``OpenVINO NNCF INT8`` OpenVINO's own (``nncf.quantize``, mixed preset:
+asymmetric activations as ours, its default bias correction), each on the same FP32 export and
+calibration images: the two runtimes' own answers to "INT8 this model". Prints markdown, writes
+JSON.
 """
 from __future__ import annotations
 
@@ -84,6 +87,19 @@ def ort_int8(fp_path: Path, batches, out: Path) -> Path:
     quantize_static(str(pre), str(out), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     pre.unlink()
+    return out
+
+
+def nncf_int8(fp_path: Path, batches, out: Path) -> Path:
+    """OpenVINO's post-training INT8 quantizer on the FP32 export: it places the quantizers where
+    OpenVINO's CPU plugin runs them fastest, so its speed is the runtime's reference for W8A8."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp_path))
+    data = nncf.Dataset([b[0].numpy() for b in batches])
+    quantized_model = nncf.quantize(model, data, preset=nncf.QuantizationPreset.MIXED, subset_size=len(batches))
+    ov.save_model(quantized_model, str(out))  # writes out (.xml) and its .bin
     return out
 
 
@@ -168,6 +184,9 @@ def main() -> None:
     for runtime in ("onnxruntime", "openvino"):
         add("onnxruntime quantize_static INT8", runtime, RuntimeModel(int8_path, fp_model, example, runtime), fp_model,
             int8_path, rows[0]["map"])
+    nncf_path = nncf_int8(fp_path, batches, work / "nncf_int8.xml")
+    add("OpenVINO NNCF INT8", "openvino", RuntimeModel(nncf_path, fp_model, example, "openvino"), fp_model,
+        nncf_path.with_suffix(".bin"), rows[0]["map"])
     for bits in args.bits:
         qmodel = quantized(bits, fp_model, batches, states.get(bits), args.overrides)
         sim = evaluate(qmodel)
