@@ -4,12 +4,19 @@ on the same FP model, calibration images, settings and seeds:
 
     python benchmarks/distributed.py                  # seeds 0 1 2 (about 40 min on 2 CPU cores)
     python benchmarks/distributed.py --seeds 0
+    python benchmarks/distributed.py --search --seeds 0   # the per-layer search instead
 
 Each run is the command a user types, in its own folder under ``benchmarks/runs/distributed``;
 a finished run (its ``results.json``) is kept, so that a stopped benchmark goes on where it
 stopped (``--fresh`` runs all again). Prints a markdown table and writes JSON: mAP (mean ±
 sample std over seeds), the largest difference between the two processes' calibrated states,
 and the calibration wall time as a ratio, two processes / one.
+
+With ``--search`` it measures the accuracy-driven per-layer search (``yolo_w4a4_search``), whose
+candidate evaluations the processes share. Both searches start from one calibrated state (a
+``yolo_w4a4`` run with ``calib.weight_lr=0`` on one process, loaded by ``calib.quantized_state``),
+so that they take the same path: the table says whether every layer's choice matched and gives
+the search's wall time as a ratio, two processes / one.
 """
 from __future__ import annotations
 
@@ -25,19 +32,19 @@ from lightning_ptq.core.io import atomic_write, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs" / "distributed"
-COMMON = ["+recipe=yolo_w4a4", "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+COMMON = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
           "num_threads=1"]
 PROCESSES = {1: [], 2: ["trainer.strategy=ddp", "trainer.devices=2"]}
 
 
-def run(processes: int, seed: int, fresh: bool) -> dict:
-    run_dir = RUNS / f"{processes}proc_seed{seed}"
+def run(processes: int, seed: int, fresh: bool, name: str = "", overrides: tuple[str, ...] = ("+recipe=yolo_w4a4",)) -> dict:
+    run_dir = RUNS / name / f"{processes}proc_seed{seed}"
     results = run_dir / "results.json"
     if results.is_file() and not fresh:
         print(f"{processes} process(es), seed {seed}: finished earlier, {results}")
         return json.loads(results.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "lightning_ptq", *COMMON, *PROCESSES[processes], f"seed={seed}",
+    command = [sys.executable, "-m", "lightning_ptq", *overrides, *COMMON, *PROCESSES[processes], f"seed={seed}",
                f"hydra.run.dir={run_dir}"]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
@@ -48,12 +55,51 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def search_choices(processes: int, seed: int) -> list[tuple]:
+    layers = json.loads((RUNS / "search" / f"{processes}proc_seed{seed}" / "search.json").read_text())["layers"]
+    return [(r["name"], r["chosen"], r["w_bits"], r["a_bits"], r["tries"]) for r in layers]
+
+
+def search_main(seeds: list[int], fresh: bool, out: str) -> None:
+    rows = {}
+    for seed in seeds:
+        run(1, seed, fresh, "search_start", ("+recipe=yolo_w4a4", "calib.weight_lr=0"))
+        state = RUNS / "search_start" / f"1proc_seed{seed}" / "quantized_state_dict.pt"
+        for n in PROCESSES:
+            rows.setdefault(n, []).append(
+                run(n, seed, fresh, "search", ("+recipe=yolo_w4a4_search", f"calib.quantized_state={state}")))
+    same = [search_choices(1, seed) == search_choices(2, seed) for seed in seeds]
+    summary = {n: {"map": _mean_std([r["quant.map"] for r in runs]),
+                   "search_minutes": _mean_std([r["search.minutes"] for r in runs]),
+                   "evaluations": _mean_std([r["search.evaluations"] for r in runs])} for n, runs in rows.items()}
+    ratio = summary[2]["search_minutes"][0] / summary[1]["search_minutes"][0]
+    command = "python benchmarks/distributed.py " + " ".join(sys.argv[1:])
+    atomic_write_json({"command": command.strip(), "seeds": seeds, "same_choices": same,
+                       "rows": {str(n): r for n, r in rows.items()},
+                       "summary": {str(n): s for n, s in summary.items()}, "search_minutes_ratio_2_over_1": ratio}, out)
+    lines = [f"`{command.strip()}`", "",
+             "| processes | test mAP after the search | evaluations | search min | seeds |", "|---|---|---|---|---|"]
+    for n, s in summary.items():
+        (mean, std), (minutes, minutes_std) = s["map"], s["search_minutes"]
+        lines.append(f"| {n} | {mean:.4f} ± {std:.4f} | {s['evaluations'][0]:.0f} | {minutes:.1f} ± {minutes_std:.1f} "
+                     f"| {len(seeds)} |")
+    lines += ["", f"every layer's choice, bits and tries the same on 1 and 2 processes: {all(same)} (per seed: {same})",
+              f"search wall time, 2 processes / 1: {ratio:.2f}"]
+    md = "\n".join(lines) + "\n"
+    atomic_write(Path(out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
+    print(md)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default="benchmarks/results/distributed.json")
+    parser.add_argument("--search", action="store_true", help="measure the per-layer search instead of calibration")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/distributed[_search].json")
     parser.add_argument("--fresh", action="store_true", help="run every job again, ignoring finished ones")
     args = parser.parse_args()
+    if args.search:
+        return search_main(args.seeds, args.fresh, args.out or "benchmarks/results/distributed_search.json")
+    args.out = args.out or "benchmarks/results/distributed.json"
     rows = {n: [run(n, seed, args.fresh) for seed in args.seeds] for n in PROCESSES}
     fp = rows[1][0]["fp.map"]
     summary = {n: {"map": _mean_std([r["quant.map"] for r in runs]),
