@@ -37,7 +37,8 @@ COMMON = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerat
 PROCESSES = {1: [], 2: ["trainer.strategy=ddp", "trainer.devices=2"]}
 
 
-def run(processes: int, seed: int, fresh: bool, name: str = "", overrides: tuple[str, ...] = ("+recipe=yolo_w4a4",)) -> dict:
+def run(processes: int, seed: int, fresh: bool, name: str = "",
+        overrides: tuple[str, ...] = ("+recipe=yolo_w4a4",)) -> dict:
     run_dir = RUNS / name / f"{processes}proc_seed{seed}"
     results = run_dir / "results.json"
     if results.is_file() and not fresh:
@@ -76,7 +77,8 @@ def search_main(seeds: list[int], fresh: bool, out: str) -> None:
     command = "python benchmarks/distributed.py " + " ".join(sys.argv[1:])
     atomic_write_json({"command": command.strip(), "seeds": seeds, "same_choices": same,
                        "rows": {str(n): r for n, r in rows.items()},
-                       "summary": {str(n): s for n, s in summary.items()}, "search_minutes_ratio_2_over_1": ratio}, out)
+                       "summary": {str(n): s for n, s in summary.items()},
+                       "search_minutes_ratio_2_over_1": ratio}, out)
     lines = [f"`{command.strip()}`", "",
              "| processes | test mAP after the search | evaluations | search min | seeds |", "|---|---|---|---|---|"]
     for n, s in summary.items():
