@@ -151,3 +151,14 @@ def test_the_zoo_detectors_train_with_torchvisions_loss_and_keep_the_datas_label
         detections = model.eval().postprocess(model(IMAGES[:, :, :64, :64]), conf_thr=0.0, iou_thr=0.5, max_det=20)
     labels = torch.cat([d["labels"] for d in detections])
     assert len(labels) and labels.min() >= 0 and labels.max() < CLASSES  # 0..C-1, background never reported
+
+
+def test_the_zoo_retinanet_has_a_groupnorm_head_and_names_a_width_it_cannot_split():
+    from lightning_ptq.detection import RetinaNetR18
+
+    head = RetinaNetR18(CLASSES, 64).head
+    norms = [m for m in head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 8 and all(n.num_groups == 32 for n in norms)  # after each of the 2 x 4 head convs
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in RetinaNetR18(CLASSES, 64, head_norm=False).head.modules())
+    with pytest.raises(ValueError, match=r"fpn_channels=48 must be a multiple of 32 .*head_norm=False"):
+        RetinaNetR18(CLASSES, 64, fpn_channels=48)
