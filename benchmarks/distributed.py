@@ -37,9 +37,13 @@ COMMON = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerat
 PROCESSES = {1: [], 2: ["trainer.strategy=ddp", "trainer.devices=2"]}
 
 
+def _run_folder(name: str, processes: int, seed: int) -> Path:
+    return RUNS / name / f"{processes}proc_seed{seed}"
+
+
 def run(processes: int, seed: int, fresh: bool, name: str = "",
         overrides: tuple[str, ...] = ("+recipe=yolo_w4a4",)) -> dict:
-    run_dir = RUNS / name / f"{processes}proc_seed{seed}"
+    run_dir = _run_folder(name, processes, seed)
     results = run_dir / "results.json"
     if results.is_file() and not fresh:
         print(f"{processes} process(es), seed {seed}: finished earlier, {results}")
@@ -56,8 +60,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _command() -> str:
+    return "python benchmarks/distributed.py " + " ".join(sys.argv[1:]).strip()
+
+
+def _write(result: dict, lines: list[str], out: str) -> None:
+    """``result`` as JSON at ``out``, ``lines`` as markdown beside it, and printed."""
+    atomic_write_json(result, out)
+    md = "\n".join(lines) + "\n"
+    atomic_write(Path(out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
+    print(md)
+
+
 def search_choices(processes: int, seed: int) -> list[tuple]:
-    layers = json.loads((RUNS / "search" / f"{processes}proc_seed{seed}" / "search.json").read_text())["layers"]
+    layers = json.loads((_run_folder("search", processes, seed) / "search.json").read_text())["layers"]
     return [(r["name"], r["chosen"], r["w_bits"], r["a_bits"], r["tries"]) for r in layers]
 
 
@@ -65,7 +81,7 @@ def search_main(seeds: list[int], fresh: bool, out: str) -> None:
     rows = {}
     for seed in seeds:
         run(1, seed, fresh, "search_start", ("+recipe=yolo_w4a4", "calib.weight_lr=0"))
-        state = RUNS / "search_start" / f"1proc_seed{seed}" / "quantized_state_dict.pt"
+        state = _run_folder("search_start", 1, seed) / "quantized_state_dict.pt"
         for n in PROCESSES:
             rows.setdefault(n, []).append(
                 run(n, seed, fresh, "search", ("+recipe=yolo_w4a4_search", f"calib.quantized_state={state}")))
@@ -74,22 +90,17 @@ def search_main(seeds: list[int], fresh: bool, out: str) -> None:
                    "search_minutes": _mean_std([r["search.minutes"] for r in runs]),
                    "evaluations": _mean_std([r["search.evaluations"] for r in runs])} for n, runs in rows.items()}
     ratio = summary[2]["search_minutes"][0] / summary[1]["search_minutes"][0]
-    command = "python benchmarks/distributed.py " + " ".join(sys.argv[1:])
-    atomic_write_json({"command": command.strip(), "seeds": seeds, "same_choices": same,
-                       "rows": {str(n): r for n, r in rows.items()},
-                       "summary": {str(n): s for n, s in summary.items()},
-                       "search_minutes_ratio_2_over_1": ratio}, out)
-    lines = [f"`{command.strip()}`", "",
+    result = {"command": _command(), "seeds": seeds, "same_choices": same, "rows": {str(n): r for n, r in rows.items()},
+              "summary": {str(n): s for n, s in summary.items()}, "search_minutes_ratio_2_over_1": ratio}
+    lines = [f"`{_command()}`", "",
              "| processes | test mAP after the search | evaluations | search min | seeds |", "|---|---|---|---|---|"]
     for n, s in summary.items():
         (mean, std), (minutes, minutes_std) = s["map"], s["search_minutes"]
-        lines.append(f"| {n} | {mean:.4f} ± {std:.4f} | {s['evaluations'][0]:.0f} | {minutes:.1f} ± {minutes_std:.1f} "
-                     f"| {len(seeds)} |")
+        lines.append(f"| {n} | {mean:.4f} ± {std:.4f} | {s['evaluations'][0]:.0f} | "
+                     f"{minutes:.1f} ± {minutes_std:.1f} | {len(seeds)} |")
     lines += ["", f"every layer's choice, bits and tries the same on 1 and 2 processes: {all(same)} (per seed: {same})",
               f"search wall time, 2 processes / 1: {ratio:.2f}"]
-    md = "\n".join(lines) + "\n"
-    atomic_write(Path(out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
-    print(md)
+    _write(result, lines, out)
 
 
 def main() -> None:
@@ -109,12 +120,9 @@ def main() -> None:
                    "rank_difference": max(r.get("calib.rank_difference", 0.0) for r in runs)}
                for n, runs in rows.items()}
     ratio = summary[2]["calib_seconds"][0] / summary[1]["calib_seconds"][0]
-    command = "python benchmarks/distributed.py " + " ".join(sys.argv[1:])
-    atomic_write_json({"command": command.strip(), "fp_map": fp, "seeds": args.seeds,
-                       "rows": {str(n): r for n, r in rows.items()},
-                       "summary": {str(n): s for n, s in summary.items()}, "calib_seconds_ratio_2_over_1": ratio},
-                      args.out)
-    lines = [f"`{command.strip()}`", "",
+    result = {"command": _command(), "fp_map": fp, "seeds": args.seeds, "rows": {str(n): r for n, r in rows.items()},
+              "summary": {str(n): s for n, s in summary.items()}, "calib_seconds_ratio_2_over_1": ratio}
+    lines = [f"`{_command()}`", "",
              "| processes | mAP@[.5:.95] | retention | largest rank difference | calibration s | seeds |",
              "|---|---|---|---|---|---|", f"| FP32 | {fp:.4f} | | | | |"]
     for n, s in summary.items():
@@ -122,9 +130,7 @@ def main() -> None:
         lines.append(f"| {n} | {mean:.4f} ± {std:.4f} | {mean / fp:.1%} | {s['rank_difference']:g} | "
                      f"{sec:.0f} ± {sec_std:.0f} | {len(args.seeds)} |")
     lines += ["", f"calibration wall time, 2 processes / 1: {ratio:.2f}"]
-    md = "\n".join(lines) + "\n"
-    atomic_write(Path(args.out).with_suffix(".md"), lambda tmp: Path(tmp).write_text(md))
-    print(md)
+    _write(result, lines, args.out)
 
 
 if __name__ == "__main__":
