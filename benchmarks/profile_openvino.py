@@ -18,11 +18,13 @@ import time
 
 import numpy as np
 
+from lightning_ptq.export.runtimes import openvino_config
+
 
 def profile(path: str, threads: int, batch: int, size: int, calls: int) -> tuple[float, list, list]:
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
+    config = {**openvino_config(threads), "PERF_COUNT": True}
     request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     for _ in range(3):
