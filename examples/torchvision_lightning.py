@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.datasets import CocoDetection
 from torchvision.models import resnet18
 from torchvision.models.detection import FCOS, RetinaNet, ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -61,8 +64,12 @@ def build(arch: str, num_classes: int, image_size: int):
                                              score_thresh=0.05)
     backbone = BackboneWithFPN(resnet18(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"},
                                [128, 256, 512], 64, extra_blocks=LastLevelP6P7(64, 64))
-    detector = {"fcos": FCOS, "retinanet": RetinaNet}[arch]
-    return detector(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05)
+    if arch == "retinanet":  # GroupNorm in the head, as torchvision's retinanet_resnet50_fpn_v2: from random
+        # weights the head without it stops learning (every image gets the same scores)
+        head = RetinaNetHead(64, 9, num_classes, norm_layer=partial(nn.GroupNorm, 32))
+        return RetinaNet(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05,
+                         head=head)
+    return FCOS(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05)
 
 
 class Detector(L.LightningModule):
