@@ -62,11 +62,13 @@ def build(arch: str, num_classes: int, image_size: int):
     if arch == "ssdlite":  # torchvision resizes every image to 320 x 320
         return ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes,
                                              score_thresh=0.05)
+    width = 64  # channels of the FPN levels and of the head on them
     backbone = BackboneWithFPN(resnet18(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"},
-                               [128, 256, 512], 64, extra_blocks=LastLevelP6P7(64, 64))
+                               [128, 256, 512], width, extra_blocks=LastLevelP6P7(width, width))
     if arch == "retinanet":  # GroupNorm in the head, as torchvision's retinanet_resnet50_fpn_v2: from random
-        # weights the head without it stops learning (every image gets the same scores)
-        head = RetinaNetHead(64, 9, num_classes, norm_layer=partial(nn.GroupNorm, 32))
+        # weights the head without it stops learning (every image gets the same scores). 9 anchors per
+        # location: RetinaNet's default anchor generator, 3 sizes x 3 aspect ratios.
+        head = RetinaNetHead(width, 9, num_classes, norm_layer=partial(nn.GroupNorm, 32))
         return RetinaNet(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05,
                          head=head)
     return FCOS(backbone, num_classes, min_size=image_size, max_size=image_size, score_thresh=0.05)
