@@ -3,6 +3,11 @@
 
     python benchmarks/profile_openvino.py <run>/model_fp32.onnx <run>/model.onnx --threads 1 2
     python benchmarks/profile_openvino.py model.onnx --top 20      # and the 20 slowest nodes
+    python benchmarks/profile_openvino.py fp32.onnx model.onnx --precision f32 default
+
+``--precision default`` drops the ``f32`` hint that deploy.py sets, so float ops run at the plugin's
+default precision: bf16 on CPUs with AMX or AVX512-BF16, which changes the float results (that is
+why deploy.py measures in f32) but shows what such a CPU gives a float graph.
 
 For each graph and thread count: the median time of a batch (random images; the time does not
 depend on the values) and, from one profiled call, the time per (node type, kernel) summed over
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import statistics
 import time
 
@@ -21,10 +27,15 @@ import numpy as np
 from lightning_ptq.export.runtimes import openvino_config
 
 
-def profile(path: str, threads: int, batch: int, size: int, calls: int) -> tuple[float, list, list]:
+def profile(path: str, threads: int, batch: int, size: int, calls: int,
+            precision: str = "f32") -> tuple[float, list, list]:
     import openvino as ov
 
+    if precision not in ("f32", "default"):
+        raise ValueError(f"precision={precision!r}: choose f32 or default")
     config = {**openvino_config(threads), "PERF_COUNT": True}
+    if precision == "default":
+        del config["INFERENCE_PRECISION_HINT"]
     request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     for _ in range(3):
@@ -55,17 +66,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per graph (the median is printed)")
     parser.add_argument("--top", type=int, default=0, help="also list this many slowest nodes")
+    parser.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "default"],
+                        help="precision of the float ops: f32 (deploy.py's) or the plugin's default")
     args = parser.parse_args()
-    for threads in args.threads:
-        for path in args.graphs:
-            median, kinds, nodes = profile(path, threads, args.batch, args.size, args.calls)
-            print(f"\n{path}, {threads} thread(s), batch {args.batch}: {median:.1f} ms per batch "
-                  f"({args.batch / median * 1e3:.0f} images/s); profiled nodes {sum(k[0] for k in kinds):.1f} ms")
-            for ms, count, node_type, kernel in kinds:
-                if ms >= 0.05:
-                    print(f"  {ms:7.2f} ms  {count:4d} x {node_type:14s} {kernel}")
-            for ms, node_type, kernel, name in nodes[:args.top]:
-                print(f"  {ms:7.2f} ms  {node_type:14s} {kernel:28s} {name}")
+    for precision, threads, path in itertools.product(args.precision, args.threads, args.graphs):
+        median, kinds, nodes = profile(path, threads, args.batch, args.size, args.calls, precision)
+        print(f"\n{path}, {threads} thread(s), float ops {precision}, batch {args.batch}: {median:.1f} ms per batch "
+              f"({args.batch / median * 1e3:.0f} images/s); profiled nodes {sum(k[0] for k in kinds):.1f} ms")
+        for ms, count, node_type, kernel in kinds:
+            if ms >= 0.05:
+                print(f"  {ms:7.2f} ms  {count:4d} x {node_type:14s} {kernel}")
+        for ms, node_type, kernel, name in nodes[:args.top]:
+            print(f"  {ms:7.2f} ms  {node_type:14s} {kernel:28s} {name}")
 
 
 if __name__ == "__main__":
