@@ -26,16 +26,16 @@ import numpy as np
 
 from lightning_ptq.export.runtimes import openvino_config
 
+PRECISIONS = ("f32", "default")  # float ops in f32 (deploy.py's setting) or at the plugin's default
+
 
 def profile(path: str, threads: int, batch: int, size: int, calls: int,
             precision: str = "f32") -> tuple[float, list, list]:
     import openvino as ov
 
-    if precision not in ("f32", "default"):
-        raise ValueError(f"precision={precision!r}: choose f32 or default")
-    config = {**openvino_config(threads), "PERF_COUNT": True}
-    if precision == "default":
-        del config["INFERENCE_PRECISION_HINT"]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose {' or '.join(PRECISIONS)}")
+    config = {**openvino_config(threads, None if precision == "default" else precision), "PERF_COUNT": True}
     request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     for _ in range(3):
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per graph (the median is printed)")
     parser.add_argument("--top", type=int, default=0, help="also list this many slowest nodes")
-    parser.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "default"],
+    parser.add_argument("--precision", nargs="+", default=["f32"], choices=PRECISIONS,
                         help="precision of the float ops: f32 (deploy.py's) or the plugin's default")
     args = parser.parse_args()
     for precision, threads, path in itertools.product(args.precision, args.threads, args.graphs):

@@ -84,10 +84,12 @@ def _onnxruntime(path: str, threads: int | None, optimize: bool):
     return lambda images: session.run(None, {name: images})
 
 
-def openvino_config(threads: int | None) -> dict:
+def openvino_config(threads: int | None, float_precision: str | None = "f32") -> dict:
     """The OpenVINO CPU plugin settings every run here uses (float ops in f32; see the module
-    docstring), with ``threads`` threads (``None``: the plugin's default)."""
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    docstring), with ``threads`` threads (``None``: the plugin's default). ``float_precision=None``
+    leaves the float ops at the plugin's default precision (bf16 on CPUs with AMX or AVX512-BF16),
+    which profiling uses to show what such a CPU gives a float graph."""
+    config = {} if float_precision is None else {"INFERENCE_PRECISION_HINT": float_precision}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
