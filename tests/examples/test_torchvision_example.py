@@ -12,11 +12,11 @@ from lightning_ptq.calib import FilteredGlobalLoss
 from lightning_ptq.detection import generate_detection_dataset
 from lightning_ptq.quant import quantized_layers
 
-from example_files import load_example
+from script_files import load_script
 
 
 def _example():
-    return load_example("torchvision_lightning")
+    return load_script("examples/torchvision_lightning.py")
 
 
 # RetinaNet and SSDlite take a minute each on 2 CPU cores (SSDlite resizes to 320 px); FCOS stays in the default run

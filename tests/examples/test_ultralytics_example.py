@@ -14,11 +14,11 @@ from lightning_ptq.calib import FilteredGlobalLoss  # noqa: E402
 from lightning_ptq.detection import generate_detection_dataset  # noqa: E402
 from lightning_ptq.quant import quantized_layers  # noqa: E402
 
-from example_files import load_example  # noqa: E402
+from script_files import load_script  # noqa: E402
 
 
 def _example():
-    return load_example("ultralytics_yolo_lightning")
+    return load_script("examples/ultralytics_yolo_lightning.py")
 
 
 def test_the_example_runs_and_its_callbacks_quantize_and_calibrate(tmp_path, monkeypatch):
